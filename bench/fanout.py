@@ -1,0 +1,372 @@
+"""Fan-out benchmark: one incident update to N personalised recipients, versus raw aiosmtplib.
+
+    python bench/fanout.py [--recipients 1000] [--repeat 3] [--sink process|thread] [--profile]
+
+Per repeat, against the same loopback SMTP sink (`mailflow.testing.Sink`):
+
+* mailflow: a fresh temp project whose service notifies a list of N people (names, half with
+            time zones); the incident is declared and its start email delivered untimed; then
+            TIMED: post_update + send_update (render once, personalise N, queue in SQLite)
+            + app.deliver_now until the sink has all N; rate = N / seconds.
+* raw:      N personalised messages of the same average size as those update emails, built
+            before timing, then TIMED: sent with aiosmtplib over ONE connection (connect and
+            QUIT included, as in deliver_now); rate = N / seconds.
+
+The ratio is mailflow/raw per repeat; the medians over --repeat runs are reported.
+
+The sink runs in a separate process by default (`--sink process`): an in-thread sink shares
+the GIL with the sender and slows both sides unevenly. Exit status 1 if any count is off.
+Not a test: run by hand. Only reads the project; writes only to a temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formataddr, make_msgid
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+from mailflow import incidents as inc
+from mailflow.app import Mailflow
+from mailflow.config import load_config
+from mailflow.contacts import Contacts, parse_contacts
+from mailflow.models import OutMessage
+
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+T1 = T0 + timedelta(minutes=20)  # when the timed update is posted and sent
+SENDER = "Incident Desk <incidents@example.org>"
+ENVELOPE_FROM = "incidents@example.org"
+ZONES = ("Europe/Zurich", "America/New_York", "Asia/Kolkata", "Australia/Sydney")
+FIRST = ("Ana", "Bob", "Chloé", "Dev", "Eva", "Frank", "Grace", "Hugo", "Inès", "Jonas")
+LAST = ("Lima", "Stone", "Martin", "Patel", "Novak", "Meier", "Okafor", "Dubois", "Rossi")
+
+
+# --- the sink -------------------------------------------------------------------------------
+
+def serve_sink() -> None:
+    """Child-process mode: run a Sink, print its port, answer `stats` / `clear` on stdin."""
+    from mailflow.testing import Sink
+
+    with Sink() as sink:
+        print(f"PORT {sink.port}", flush=True)
+        for line in sys.stdin:
+            cmd = line.strip()
+            if cmd == "stats":
+                got = sink.received
+                rcpts = {r for m in got for r in m.rcpt_tos}
+                print(f"{len(got)} {len(rcpts)} {sum(len(m.data) for m in got)}", flush=True)
+            elif cmd == "clear":
+                sink.clear()
+                print("ok", flush=True)
+            elif cmd == "quit":
+                break
+
+
+@dataclass
+class Stats:
+    messages: int
+    recipients: int
+    size: int
+
+
+class ProcessSink:
+    """The Sink in a child process (no GIL shared with the sender)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-sink"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        first = self.proc.stdout.readline().split()
+        if len(first) != 2 or first[0] != "PORT":
+            self.close()
+            raise SystemExit(f"sink process did not start (said {first!r})")
+        self.port = int(first[1])
+
+    def _ask(self, cmd: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def stats(self) -> Stats:
+        n, r, size = map(int, self._ask("stats").split())
+        return Stats(n, r, size)
+
+    def clear(self) -> None:
+        self._ask("clear")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+class ThreadSink:
+    """The Sink in a thread of this process, as the tests use it."""
+
+    def __init__(self) -> None:
+        from mailflow.testing import Sink
+
+        self.sink = Sink().start()
+        self.port = self.sink.port
+
+    def stats(self) -> Stats:
+        got = self.sink.received
+        return Stats(len(got), len({r for m in got for r in m.rcpt_tos}),
+                     sum(len(m.data) for m in got))
+
+    def clear(self) -> None:
+        self.sink.clear()
+
+    def close(self) -> None:
+        self.sink.stop()
+
+
+# --- the project ----------------------------------------------------------------------------
+
+def address(i: int) -> str:
+    return f"person{i:05d}@example.org"
+
+
+def contacts_yaml(n: int) -> str:
+    """N people (names; every other one with a time zone) on one list a service notifies."""
+    people = []
+    for i in range(n):
+        name = f"{FIRST[i % len(FIRST)]} {LAST[(i // len(FIRST)) % len(LAST)]}{i}"
+        tz = f", timezone: {ZONES[(i // 2) % len(ZONES)]}" if i % 2 == 0 else ""
+        people.append(f"  - {{name: {name}, email: {address(i)}{tz}}}")
+    members = "\n".join(f"    - {address(i)}" for i in range(n))
+    return (
+        "people:\n" + "\n".join(people) + "\n"
+        "lists:\n  everyone:\n" + members + "\n"
+        "services:\n  learn:\n    title: ISC Learn Platform\n    notify: [everyone]\n"
+    )
+
+
+def make_project(folder: Path, port: int, contacts_text: str) -> Path:
+    """mailflow.toml (relay = the sink, no STARTTLS, default concurrency) + contacts.yaml."""
+    (folder / "contacts.yaml").write_text(contacts_text, encoding="utf-8")
+    path = folder / "mailflow.toml"
+    path.write_text(
+        'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\n'
+        f'from = "{SENDER}"\nreply_to = "{ENVELOPE_FROM}"\nsecret = "bench-secret"\n\n'
+        f'[outbound]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def prepared_incident(folder: Path, port: int, contacts_text: str,
+                      contacts: Contacts, sink: Any, n: int) -> tuple[Mailflow, Any, Stats]:
+    """An app with an open incident whose start email to N people is already delivered."""
+    app = Mailflow(load_config(make_project(folder, port, contacts_text)), contacts=contacts)
+    incident = inc.declare(
+        app, T0, service="learn", severity="P1", impact="outage",
+        summary="Learn platform returns 502 on every course page",
+        eta="unknown: depends on the database restore", started="Restarting the DB primary",
+        next_steps="Check replication lag", author="ana@example.org",
+    )
+    report = app.deliver_now(T0)
+    start = sink.stats()
+    if report.sent != n or start.messages != n or start.recipients != n:
+        raise SystemExit(f"start email: sent {report.sent}, sink got {start.messages} messages "
+                         f"to {start.recipients} recipients; expected {n}")
+    sink.clear()
+    return app, incident, start
+
+
+# --- the two measurements -------------------------------------------------------------------
+
+def _raw_message(i: int, pad: int) -> bytes:
+    """One personalised multipart/alternative message with `pad` characters of body filler."""
+    text_pad = ("lorem ipsum dolor sit amet " * (pad // 54 + 1))[: pad // 2]
+    html_pad = ("<p>lorem ipsum</p> " * (pad // 38 + 1))[: pad - pad // 2]
+    msg = EmailMessage(policy=SMTP_POLICY)
+    msg["From"] = SENDER
+    msg["To"] = formataddr((f"Person {i}", address(i)))
+    msg["Subject"] = "[INC-1] ISC Learn Platform: outage"
+    msg["Message-ID"] = make_msgid(domain="example.org")
+    msg.set_content(f"Hello Person {i},\n\n{text_pad}\n", cte="quoted-printable")
+    msg.add_alternative(f"<p>Hello Person {i},</p>{html_pad}", subtype="html",
+                        cte="quoted-printable")
+    return msg.as_bytes()
+
+
+def build_raw(n: int, size: int) -> list[tuple[str, bytes]]:
+    """N personalised messages of about `size` bytes each (quoted-printable overhead calibrated)."""
+    base = len(_raw_message(0, 0))
+    pad = max(0, size - base)
+    grown = len(_raw_message(0, pad)) - base
+    if grown > 0:
+        pad = int(pad * pad / grown)
+    return [(address(i), _raw_message(i, pad)) for i in range(n)]
+
+
+async def _send_raw(port: int, messages: list[tuple[str, bytes]]) -> None:
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+    await smtp.connect()
+    for rcpt, raw in messages:
+        await smtp.sendmail(ENVELOPE_FROM, [rcpt], raw)
+    await smtp.quit()
+
+
+def run_raw(port: int, messages: list[tuple[str, bytes]]) -> float:
+    """Seconds to send them all over one connection (connect and QUIT included)."""
+    t = time.perf_counter()
+    asyncio.run(_send_raw(port, messages))
+    return time.perf_counter() - t
+
+
+@dataclass
+class MailflowTimes:
+    queue: float  # post_update + send_update: render, personalise, insert into SQLite
+    deliver: float  # app.deliver_now: claim, SMTP, mark sent
+
+    @property
+    def total(self) -> float:
+        return self.queue + self.deliver
+
+
+def run_mailflow(app: Mailflow, incident: Any, n: int) -> MailflowTimes:
+    t = time.perf_counter()
+    inc.post_update(app, incident, "Primary restored from the 09:00 backup; replaying WAL.",
+                    author="ana@example.org", now=T1)
+    queued = inc.send_update(app, incident, T1)
+    t_queue = time.perf_counter()
+    report = app.deliver_now(T1)
+    t_end = time.perf_counter()
+    if len(queued) != n or report.sent != n or report.errors:
+        raise SystemExit(f"update: queued {len(queued)}, sent {report.sent}, "
+                         f"errors {report.errors[:3]}; expected {n}")
+    return MailflowTimes(t_queue - t, t_end - t_queue)
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+def check(sink: Any, n: int, what: str) -> Stats:
+    got = sink.stats()
+    if got.messages != n or got.recipients != n:
+        print(f"FAIL {what}: sink got {got.messages} messages to {got.recipients} distinct "
+              f"recipients, expected {n}", file=sys.stderr)
+        sys.exit(1)
+    sink.clear()
+    return got
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipients", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sink", choices=("process", "thread"), default="process",
+                        help="where the SMTP sink runs (default: a separate process)")
+    parser.add_argument("--profile", nargs="?", const="-", metavar="FILE",
+                        help="also profile one more mailflow phase (cProfile, by cumulative "
+                             "time); FILE keeps the raw .prof, '-' only prints")
+    parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_sink:
+        serve_sink()
+        return
+    n = args.recipients
+    if n < 1 or args.repeat < 1:
+        parser.error("--recipients and --repeat must be at least 1")
+
+    contacts_text = contacts_yaml(n)
+    contacts = parse_contacts(contacts_text, "bench-contacts.yaml")  # parsed once, reused
+    sink: ProcessSink | ThreadSink = ProcessSink() if args.sink == "process" else ThreadSink()
+    print(f"fanout: {n} recipients, {args.repeat} repeat(s), sink in a {args.sink}, "
+          f"python {sys.version.split()[0]}")
+    raw_rates, mf_rates, ratios = [], [], []
+    queue_s, deliver_s = [], []
+    try:
+        for rep in range(1, args.repeat + 1):
+            with tempfile.TemporaryDirectory(prefix="mailflow-bench-") as tmp:
+                app, incident, _start = prepared_incident(
+                    Path(tmp), sink.port, contacts_text, contacts, sink, n)
+                try:
+                    times = run_mailflow(app, incident, n)
+                    mf_got = check(sink, n, "mailflow")
+                finally:
+                    app.close()
+            # Baseline messages built now (untimed), the size of the update emails just sent.
+            messages = build_raw(n, mf_got.size // n)
+            raw_s = run_raw(sink.port, messages)
+            raw_got = check(sink, n, "raw aiosmtplib")
+            del messages
+            raw_rate, mf_rate = n / raw_s, n / times.total
+            raw_rates.append(raw_rate)
+            mf_rates.append(mf_rate)
+            ratios.append(mf_rate / raw_rate)
+            queue_s.append(times.queue)
+            deliver_s.append(times.deliver)
+            print(f"  run {rep}: raw {raw_rate:7.0f} msg/s ({raw_s:.3f} s, "
+                  f"{raw_got.size / n / 1024:.1f} KiB/msg) | mailflow {mf_rate:7.0f} msg/s "
+                  f"({times.total:.3f} s = render+queue {times.queue:.3f} + deliver "
+                  f"{times.deliver:.3f}; {mf_got.size / n / 1024:.1f} KiB/msg) | "
+                  f"ratio {mf_rate / raw_rate:.3f}")
+
+        med = statistics.median
+        print(f"median of {args.repeat}:")
+        print(f"  raw aiosmtplib, 1 connection : {med(raw_rates):8.0f} msg/s")
+        print(f"  mailflow update fan-out      : {med(mf_rates):8.0f} msg/s")
+        print(f"    render+queue (post_update + send_update) : {med(queue_s):.3f} s "
+              f"({med(queue_s) / n * 1e3:.3f} ms/recipient)")
+        print(f"    deliver (app.deliver_now)                : {med(deliver_s):.3f} s "
+              f"({med(deliver_s) / n * 1e3:.3f} ms/recipient; alone "
+              f"{n / med(deliver_s):.0f} msg/s)")
+        print(f"  ratio mailflow/raw           : {med(ratios):8.3f}  (target >= 0.9)")
+
+        if args.profile:
+            profile(args.profile, sink, contacts_text, contacts, n)
+    finally:
+        sink.close()
+
+
+def profile(dest: str, sink: Any, contacts_text: str, contacts: Contacts, n: int) -> None:
+    """One more mailflow phase under cProfile; top functions by cumulative time."""
+    with tempfile.TemporaryDirectory(prefix="mailflow-bench-") as tmp:
+        app, incident, _ = prepared_incident(Path(tmp), sink.port, contacts_text, contacts,
+                                             sink, n)
+        try:
+            prof = cProfile.Profile()
+            prof.enable()
+            times = run_mailflow(app, incident, n)
+            prof.disable()
+            check(sink, n, "mailflow (profiled)")
+            assert OutMessage.select().where(OutMessage.status != "sent").count() == 0
+        finally:
+            app.close()
+    if dest != "-":
+        prof.dump_stats(dest)
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(40)
+    print(f"\nprofile of one mailflow phase ({times.total:.3f} s under the profiler):")
+    print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()

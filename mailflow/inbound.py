@@ -1,0 +1,87 @@
+"""The aiosmtpd handler for replies: RCPT checks the signed token, DATA parses, commits, 250."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from . import clock
+from .models import Incident
+from .posting import accept_reply
+from .replies import parse_reply
+from .tokens import split_address, verify
+
+if TYPE_CHECKING:
+    from .app import Mailflow
+
+log = logging.getLogger(__name__)
+
+
+class InboundHandler:
+    """Turns replies to `local+TOKEN@domain` into updates; knows nothing of sockets."""
+
+    def __init__(self, app: Mailflow, now: Callable[[], datetime] = clock.now,
+                 on_posted: Callable[[], Any] | None = None) -> None:
+        self.app = app
+        self.now = now
+        self.on_posted = on_posted  # wakes the outbox sender when a reply queued mail
+        self.in_flight = 0  # DATA transactions being committed; SIGTERM waits for them
+
+    def incident_for(self, address: str) -> Incident | None:
+        """The open-or-not incident a recipient address names, if its token is valid."""
+        cfg = self.app.config
+        local, token, domain = split_address(address)
+        if local != cfg.reply_local.lower() or domain != cfg.reply_domain.lower() or not token:
+            return None
+        incident_id = verify(token, cfg.secrets)
+        if incident_id is None:
+            return None
+        return Incident.get_or_none(Incident.id == incident_id)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        """550 before any DATA for anything but a valid signed incident address."""
+        incident = self.incident_for(address)
+        if incident is None:
+            log.info("RCPT %s refused: not a valid incident address", address)
+            return "550 5.1.1 unknown recipient: not a valid incident reply address"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Parse the reply, apply it, commit, and only then answer 250."""
+        self.in_flight += 1
+        try:
+            return self._data(envelope)
+        except Exception:  # never let one bad message take the server down
+            log.exception("reply from %s could not be processed", envelope.mail_from)
+            return "451 4.3.0 could not process the message; try again later"
+        finally:
+            self.in_flight -= 1
+
+    def _data(self, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        mail_from = envelope.mail_from or ""
+        reply = parse_reply(raw, envelope_from=mail_from)
+        now = self.now()
+        answers = []
+        queued = False
+        for address in envelope.rcpt_tos:
+            incident = self.incident_for(address)
+            if incident is None:  # deleted between RCPT and DATA
+                answers.append((550, "5.1.1 unknown incident"))
+                continue
+            outcome = accept_reply(self.app, incident, reply, raw, mail_from, now)
+            log.info("reply from %s to %s: %s", reply.sender or "<>", incident.ref,
+                     outcome.outcome)
+            answers.append((outcome.code, outcome.message))
+            queued = queued or outcome.outcome in ("posted", "command", "resolved", "refused")
+        if queued and self.on_posted is not None:
+            self.on_posted()
+        # One answer for the whole DATA: success if any incident took it.
+        best = min(answers, default=(550, "5.1.1 no recipient"), key=lambda a: a[0])
+        return f"{best[0]} {best[1]}"

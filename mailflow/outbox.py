@@ -1,0 +1,266 @@
+"""The durable outbox: rendered mail waits in SQLite until a transport has taken it.
+
+A message is claimed (status `sending`, with a lease) before it is handed to the relay and
+marked `sent` right after, one commit per message. A crash between the two leaves it
+`sending`; when the lease expires it is sent again: at most one duplicate per message in
+flight at the moment of a crash, and nothing is ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mailbox
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+from peewee import SqliteDatabase, fn
+
+from .config import Outbound
+from .models import Entry, OutMessage, Recipient
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 §4.5.4.1: retry quickly at first, then no faster than every 30 minutes.
+BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=30))
+LEASE = timedelta(minutes=5)
+
+
+class TemporaryFailure(Exception):
+    """The relay said 4xx or could not be reached: try again later."""
+
+
+class PermanentFailure(Exception):
+    """The relay said 5xx for this recipient: do not retry."""
+
+
+class Transport(Protocol):
+    """Anything that can hand one message to one recipient (SMTP relay, Maildir, a test fake)."""
+
+    async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class MaildirTransport:
+    """Delivers into a local Maildir (0700), for a new user with no relay configured."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        old = os.umask(0o077)
+        try:
+            self._box = mailbox.Maildir(str(self.path), create=True)
+        finally:
+            os.umask(old)
+
+    async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None:
+        """Write the message, with the envelope as Return-Path / Delivered-To headers."""
+        head = f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode()
+        old = os.umask(0o077)
+        try:
+            self._box.add(head + raw)
+        except OSError as exc:
+            raise TemporaryFailure(f"cannot write to Maildir {self.path}: {exc}") from exc
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+class SMTPTransport:
+    """One aiosmtplib connection, opened on first use and reused for every message."""
+
+    def __init__(self, settings: Outbound) -> None:
+        self.settings = settings
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        smtp = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, timeout=s.timeout,
+            start_tls=s.starttls if s.port != 465 else False,
+            use_tls=s.port == 465,
+        )
+        try:
+            await smtp.connect()
+            if s.username:
+                await smtp.login(s.username, s.password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise TemporaryFailure(f"relay {s.host}:{s.port} refused login: {exc}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
+        return smtp
+
+    async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None:
+        """Send over the shared connection; reconnect once if the relay dropped it."""
+        for attempt in (1, 2):
+            if self._smtp is None or not self._smtp.is_connected:
+                self._smtp = await self._connect()
+            try:
+                errors, _ = await self._smtp.sendmail(envelope_from, [recipient], raw)
+                return
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                codes = [r.code for r in exc.recipients]
+                text = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+                await self._reset()
+                if codes and all(c >= 500 for c in codes):
+                    raise PermanentFailure(text) from exc
+                raise TemporaryFailure(text) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                await self._reset()
+                if exc.code >= 500:
+                    raise PermanentFailure(f"{exc.code} {exc.message}") from exc
+                raise TemporaryFailure(f"{exc.code} {exc.message}") from exc
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                self._smtp = None
+                if attempt == 2:
+                    raise TemporaryFailure(f"relay disconnected: {exc}") from exc
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                self._smtp = None
+                raise TemporaryFailure(f"relay error: {exc}") from exc
+
+    async def _reset(self) -> None:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            if self._smtp is not None and self._smtp.is_connected:
+                await self._smtp.rset()
+
+    async def close(self) -> None:
+        """QUIT politely; a relay that already went away is fine."""
+        if self._smtp is not None:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await self._smtp.quit()
+            self._smtp = None
+
+
+def make_transport(settings: Outbound, maildir: Path) -> Transport:
+    """SMTP when a relay host is configured, else the Maildir."""
+    return SMTPTransport(settings) if settings.host else MaildirTransport(maildir)
+
+
+@dataclass
+class Report:
+    """What one delivery run did."""
+
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def relaxed(db: SqliteDatabase) -> Iterator[None]:
+    """Commit without fsync (WAL + synchronous=NORMAL) for bookkeeping that may be redone.
+
+    A `sent` mark lost to a power cut only means one more copy of that email; an fsync
+    per message would cost more than the SMTP transaction itself.
+    """
+    db.execute_sql("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        db.execute_sql("PRAGMA synchronous = FULL")
+
+
+class Outbox:
+    """Queue, claim and deliver outgoing mail."""
+
+    def __init__(self, db: SqliteDatabase, retry_for: timedelta = timedelta(days=1)) -> None:
+        self.db = db
+        self.retry_for = retry_for
+
+    def pending(self) -> int:
+        """How many messages are not yet sent or failed."""
+        return OutMessage.select().where(OutMessage.status.in_(("queued", "sending"))).count()
+
+    def claim(self, now: datetime, limit: int = 500) -> list[OutMessage]:
+        """Take due messages (oldest first, one per recipient at a time) for this sender."""
+        earlier = OutMessage.alias()
+        blocked = earlier.select(earlier.id).where(
+            (earlier.recipient == OutMessage.recipient)
+            & (earlier.id < OutMessage.id)
+            & (earlier.status.in_(("queued", "sending")))
+        )
+        with self.db.atomic("IMMEDIATE"):
+            due = (
+                (OutMessage.status == "queued") & (OutMessage.next_attempt_at <= now)
+            ) | ((OutMessage.status == "sending") & (OutMessage.claimed_until <= now))
+            rows = list(
+                OutMessage.select()
+                .where(due & ~fn.EXISTS(blocked))
+                .order_by(OutMessage.id)
+                .limit(limit)
+            )
+            if rows:
+                OutMessage.update(status="sending", claimed_until=now + LEASE).where(
+                    OutMessage.id.in_([r.id for r in rows])
+                ).execute()
+        return rows
+
+    async def deliver(self, transport: Transport, now: datetime, concurrency: int = 1,
+                      transports: Sequence[Transport] = ()) -> Report:
+        """Send everything due at `now`; each worker reuses its own transport's connection."""
+        report = Report()
+        workers = [transport, *transports][: max(1, concurrency)]
+        while True:
+            batch = self.claim(now)
+            if not batch:
+                break
+            queue: asyncio.Queue[OutMessage] = asyncio.Queue()
+            for msg in batch:
+                queue.put_nowait(msg)
+            await asyncio.gather(*(self._worker(t, queue, now, report) for t in workers))
+        return report
+
+    async def _worker(self, transport: Transport, queue: asyncio.Queue[OutMessage],
+                      now: datetime, report: Report) -> None:
+        while not queue.empty():
+            msg = queue.get_nowait()
+            try:
+                await transport.send(msg.envelope_from, msg.recipient, bytes(msg.raw))
+            except PermanentFailure as exc:
+                self._failed(msg, now, str(exc), report)
+            except TemporaryFailure as exc:
+                self._retry(msg, now, str(exc), report)
+            else:
+                with relaxed(self.db), self.db.atomic():
+                    OutMessage.update(status="sent", sent_at=now, claimed_until=None,
+                                      attempts=msg.attempts + 1).where(
+                        OutMessage.id == msg.id).execute()
+                report.sent += 1
+
+    def _retry(self, msg: OutMessage, now: datetime, error: str, report: Report) -> None:
+        if now - msg.created_at >= self.retry_for:
+            self._failed(msg, now, f"gave up after {self.retry_for}: {error}", report)
+            return
+        delay = BACKOFF[min(msg.attempts, len(BACKOFF) - 1)]
+        with self.db.atomic():
+            OutMessage.update(status="queued", claimed_until=None, attempts=msg.attempts + 1,
+                              next_attempt_at=now + delay, last_error=error).where(
+                OutMessage.id == msg.id).execute()
+        report.retrying += 1
+        report.errors.append(f"{msg.recipient}: {error} (retry in {delay})")
+        log.warning("delivery to %s deferred: %s", msg.recipient, error)
+
+    def _failed(self, msg: OutMessage, now: datetime, error: str, report: Report) -> None:
+        with self.db.atomic():
+            OutMessage.update(status="failed", claimed_until=None, attempts=msg.attempts + 1,
+                              last_error=error).where(OutMessage.id == msg.id).execute()
+            if msg.incident_id is not None:
+                Recipient.update(status="failed", last_error=error).where(
+                    (Recipient.incident == msg.incident_id) & (Recipient.email == msg.recipient)
+                ).execute()
+                Entry.create(incident=msg.incident_id, at=now, kind="failure", author="mailflow",
+                             text=f"{msg.kind} email to {msg.recipient} failed: {error}")
+        report.failed += 1
+        report.errors.append(f"{msg.recipient}: {error}")
+        log.error("delivery to %s failed permanently: %s", msg.recipient, error)
+

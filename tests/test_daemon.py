@@ -1,0 +1,120 @@
+"""`mailflow serve` as a real process: replies in, updates out, SIGHUP, SIGTERM, sd_notify."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+from mailflow.testing import Sink
+
+from .conftest import T0, write_config
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Process:
+    """A `mailflow serve` subprocess whose stderr is collected line by line."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailflow.cli", "--config", str(folder / "mailflow.toml"),
+             "serve", "--port", "0", "--tick", "0.2"],
+            env={**os.environ, **env}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        wait_for(lambda: self.port is not None, what="the daemon to listen")
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def port(self) -> int | None:
+        for line in self.lines:
+            m = re.search(r"listening for replies on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                return int(m.group(1))
+        return None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(15)
+        self.reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+
+def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org") -> int:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, "Re: [INC-1]"
+    msg["Message-ID"] = f"<{time.monotonic_ns()}@client.example>"
+    msg.set_content(body)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.sendmail(sender, [to], msg.as_bytes(policy=SMTP))
+    return 250
+
+
+def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
+    write_config(tmp_path, sink.port)
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(15)
+    env = {"MAILFLOW_NOW": T0.isoformat(), "NOTIFY_SOCKET": notify_path}
+    subprocess.run(
+        [sys.executable, "-m", "mailflow.cli", "--config", str(tmp_path / "mailflow.toml"),
+         "declare", "--service", "learn", "--severity", "P1", "--impact", "outage",
+         "--summary", "Learn returns 502", "--lead", "ana@example.org", "--queue-only"],
+        env={**os.environ, **env}, check=True, capture_output=True,
+    )
+    daemon = Process(tmp_path, env)
+    try:
+        assert notify.recv(4096).decode().startswith("READY=1")
+        wait_for(lambda: len(sink.received) == 2, what="the queued start emails")
+        reply_to = sink.received[0].message["Reply-To"]
+
+        send_reply(daemon.port or 0, reply_to, "send now\n\nIndex rebuilt, app servers back")
+        wait_for(lambda: len(sink.received) == 4, what="the update sent at once")
+        update = sink.received[-1].message
+        assert update["X-Mailflow-Kind"] == "update"
+        assert "Index rebuilt, app servers back" in update.get_body(("plain",)).get_content()
+
+        # A broken contacts file on SIGHUP is refused; the daemon keeps the old one and serves.
+        (tmp_path / "contacts.yaml").write_text("people: [\n", encoding="utf-8")
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: daemon.logged("reload refused"), what="the refused reload")
+        assert any(re.search(r"contacts\.yaml:\d+:", line) for line in daemon.lines)
+        assert send_reply(daemon.port or 0, reply_to, "still here") == 250
+        assert daemon.proc.poll() is None
+
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(15) == 0
+        assert notify.recv(4096).decode().startswith("STOPPING=1")
+    finally:
+        daemon.close()
+        notify.close()

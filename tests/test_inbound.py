@@ -1,0 +1,225 @@
+"""Replies through the real inbound SMTP server on loopback: codes, and what gets posted."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
+
+import pytest
+
+from mailflow import incidents as inc
+from mailflow import tokens
+from mailflow.app import Mailflow
+from mailflow.inbound import InboundHandler
+from mailflow.models import Entry, Incident, InMessage, OutMessage, Recipient
+from mailflow.testing import Sink
+
+from .conftest import T0
+from .test_lifecycle import ORANGE, by_rcpt, declare, highlighted, html_of
+
+NOW = T0 + timedelta(minutes=20)
+
+
+class Inbound:
+    """mailflow's handler served on a free loopback port, with a fixed clock."""
+
+    def __init__(self, app: Mailflow, max_size: int = 64 * 1024) -> None:
+        self.now = NOW
+        self.handler = InboundHandler(app, now=lambda: self.now)
+        self.server = Sink(handler=self.handler, data_size_limit=max_size)
+
+    def send(self, msg: EmailMessage | bytes, to: str, mail_from: str = "bob@example.org"
+             ) -> tuple[int, bytes]:
+        """Send over SMTP; returns the DATA answer (or the refusal)."""
+        with smtplib.SMTP("127.0.0.1", self.server.port, timeout=10) as smtp:
+            smtp.ehlo()
+            code, answer = smtp.mail(mail_from)
+            assert code == 250
+            code, answer = smtp.rcpt(to)
+            if code != 250:
+                smtp.rset()
+                return code, answer
+            data = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP)
+            try:
+                code, answer = smtp.data(data)
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code, exc.smtp_error
+            return code, answer
+
+
+@pytest.fixture
+def inbound(app: Mailflow) -> Iterator[Inbound]:
+    server = Inbound(app)
+    server.server.start()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def incident(app: Mailflow, sink: Sink) -> Incident:
+    created = declare(app)
+    app.deliver_now(T0)
+    return created
+
+
+def reply_to(sink: Sink, rcpt: str = "ana@example.org") -> str:
+    return by_rcpt(sink)[rcpt][0]["Reply-To"]
+
+
+def reply(body: str, sender: str = "Bob Stone <bob@example.org>", **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "incidents@example.org"
+    msg["Subject"] = "Re: [INC-1] ISC Learn Platform: outage"
+    msg["Message-ID"] = f"<{abs(hash((body, sender, tuple(headers.items()))))}@client.example>"
+    for key, value in headers.items():
+        msg[key.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+def posted(incident: Incident, kind: str = "update") -> list[Entry]:
+    return list(Entry.select().where((Entry.incident == incident) & (Entry.kind == kind))
+                .order_by(Entry.id))
+
+
+def test_a_known_contact_posts_an_update(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    body = ("Found it: the sessions index is corrupt.\n\n"
+            "On Tue, 24 Nov 2026 at 10:00, Incident Desk <incidents@example.org> wrote:\n"
+            "> INCIDENT INC-1 (P1, complete downtime)\n> old text\n")
+    code, answer = inbound.send(reply(body), reply_to(sink))
+    assert code == 250, answer
+    [entry] = posted(incident)
+    assert entry.text == "Found it: the sessions index is corrupt."
+    assert entry.author == "bob@example.org"
+    assert entry.at == NOW
+    assert InMessage.select().count() == 1, "the raw reply is kept with its effect"
+
+
+def test_commands_change_state_and_send_now(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    body = "severity: P2\nnext update: 30m\nsend now\n\nDB restored on the replica"
+    code, _ = inbound.send(reply(body), reply_to(sink))
+    assert code == 250
+    fresh = Incident.get_by_id(incident.id)
+    assert fresh.severity == "P2"
+    assert [e.text for e in posted(incident)] == ["DB restored on the replica"]
+    assert [e.text for e in posted(incident, "command")] == ["severity: P2", "next update: 30m",
+                                                            "send now"]
+    assert all(e.author == "bob@example.org" for e in posted(incident, "command"))
+    # `send now` sent the update immediately and restarted the P2 cadence from now.
+    assert fresh.next_comm_at == NOW + app.config.cadence.update_every["P2"]
+    sink.clear()
+    app.deliver_now(NOW)
+    html = html_of(by_rcpt(sink)["ops-team@example.org"][0])
+    new = " | ".join(highlighted(html, ORANGE))
+    assert "DB restored on the replica" in new and "P2 (medium" in new
+
+
+def test_resolved_reply_sends_the_solved_email(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    code, _ = inbound.send(reply("resolved\nRebuilt the index; verified logins"), reply_to(sink))
+    assert code == 250
+    fresh = Incident.get_by_id(incident.id)
+    assert fresh.status == "resolved"
+    assert fresh.resolution == "Rebuilt the index; verified logins"
+    assert OutMessage.select().where(OutMessage.kind == "solved").count() == 3
+
+
+def test_a_stranger_is_refused_and_the_lead_told_once(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    for _ in range(2):
+        code, answer = inbound.send(reply("I fixed it", sender="mallory@evil.example"),
+                                    reply_to(sink), mail_from="mallory@evil.example")
+        assert code == 550 and b"may not post" in answer
+    assert posted(incident) == []
+    notices = OutMessage.select().where(OutMessage.kind == "notice")
+    assert [m.recipient for m in notices] == ["ana@example.org"]
+    assert len(posted(incident, "refused")) == 2
+
+
+def test_forged_and_foreign_addresses_are_refused_at_rcpt(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    good = reply_to(sink)
+    forged = good.replace(tokens.sign(incident.id, "test-secret"),
+                          tokens.sign(incident.id, "wrong-secret"))
+    for address in (forged, "incidents+1-00000000000000000000@example.org",
+                    "incidents@example.org", "someone@example.org",
+                    tokens.reply_address("incidents", "example.org", 99, "test-secret")):
+        code, _ = inbound.send(reply("hello"), address)
+        assert code == 550, address
+    assert posted(incident) == []
+
+
+@pytest.mark.parametrize("header", [
+    {"Auto_Submitted": "auto-replied"},
+    {"X_Autoreply": "yes"},
+    {"X_Autorespond": "yes"},
+    {"Precedence": "bulk"},
+    {"Precedence": "junk"},
+    {"Precedence": "auto_reply"},
+])
+def test_auto_replies_are_never_posted(app, sink, incident, inbound, header) -> None:  # noqa: ANN001
+    code, _ = inbound.send(reply("I am out of the office until Monday.", **header),
+                           reply_to(sink))
+    assert code == 250
+    assert posted(incident) == []
+    assert len(posted(incident, "auto-reply")) == 1
+
+
+def test_empty_envelope_sender_is_not_posted(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    code, _ = inbound.send(reply("Vacation"), reply_to(sink), mail_from="")
+    assert code == 250
+    assert posted(incident) == []
+
+
+def test_a_bounce_is_recorded_against_its_recipient(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    dsn = (
+        "From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n"
+        "\r\nFinal-Recipient: rfc822; ops-team@example.org\r\nAction: failed\r\n"
+        "Status: 5.1.1\r\n--B--\r\n"
+    ).encode()
+    code, _ = inbound.send(dsn, reply_to(sink), mail_from="")
+    assert code == 250
+    assert posted(incident) == []
+    assert Recipient.get(Recipient.email == "ops-team@example.org").status == "bounced"
+    assert Recipient.get(Recipient.email == "ana@example.org").status == "active"
+    [entry] = posted(incident, "bounce")
+    assert "ops-team@example.org" in entry.text
+
+
+def test_oversized_reply_gets_552(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    code, answer = inbound.send(reply("xxxxxxxxxxxxxxxxxxx\n" * 5000), reply_to(sink))
+    assert code == 552, answer
+    assert posted(incident) == []
+
+
+def test_participants_not_in_contacts_may_post(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    code, _ = inbound.send(reply("Students still see 502", sender="student-council@example.org"),
+                           reply_to(sink, "student-council@example.org"),
+                           mail_from="student-council@example.org")
+    assert code == 250
+    assert [e.author for e in posted(incident)] == ["student-council@example.org"]
+
+
+def test_the_same_reply_twice_posts_once(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    msg = reply("Restarting nginx")
+    assert inbound.send(msg, reply_to(sink))[0] == 250
+    assert inbound.send(msg, reply_to(sink))[0] == 250
+    assert len(posted(incident)) == 1
+
+
+def test_reply_html_and_header_injection_do_not_reach_the_next_email(app, sink, incident,  # noqa: ANN001
+                                                                      inbound) -> None:
+    msg = reply("<script>alert(1)</script> fixed?\r\nBcc: victim@example.com")
+    assert inbound.send(msg, reply_to(sink))[0] == 250
+    sink.clear()
+    inc.send_update(app, Incident.get_by_id(incident.id), NOW)
+    app.deliver_now(NOW)
+    for r in sink.received:
+        assert r.rcpt_tos[0] != "victim@example.com"
+        assert r.message["Bcc"] is None
+        assert "<script>" not in html_of(r.message)

@@ -1,0 +1,221 @@
+"""Declare → start → update → solved, through a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from email.message import EmailMessage
+
+import pytest
+
+from mailflow import incidents as inc
+from mailflow import render, tokens
+from mailflow.app import Mailflow
+from mailflow.errors import InvalidInput, NotFound
+from mailflow.models import Entry, Incident, OutMessage, Recipient
+from mailflow.testing import Sink
+
+from .conftest import T0
+
+ORANGE = "#ffe8cc"  # the .new background in templates/base.html
+GREEN = "#dafbe1"  # the .green background
+
+
+def declare(app: Mailflow, **kw: object) -> Incident:
+    fields = dict(service="learn", severity="P1", impact="outage",
+                  summary="Learn platform returns 502", impacted=["student-council@example.org"],
+                  eta="unknown: depends on the database restore",
+                  started="Restarting the DB primary", next_steps="Check replication lag",
+                  lead="ana@example.org", author="ana@example.org")
+    fields.update(kw)
+    return inc.declare(app, T0, **fields)  # type: ignore[arg-type]
+
+
+def html_of(msg: EmailMessage) -> str:
+    part = msg.get_body(("html",))
+    assert part is not None
+    return part.get_content()
+
+
+def text_of(msg: EmailMessage) -> str:
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return part.get_content()
+
+
+def by_rcpt(sink: Sink) -> dict[str, list[EmailMessage]]:
+    out: dict[str, list[EmailMessage]] = {}
+    for r in sink.received:
+        assert len(r.rcpt_tos) == 1, "mail merge: one message per recipient"
+        out.setdefault(r.rcpt_tos[0], []).append(r.message)
+    return out
+
+
+def highlighted(html: str, colour: str) -> list[str]:
+    """Texts of the elements whose inlined style carries `colour` (premailer inlined it)."""
+    found = []
+    for m in re.finditer(r'<(tr|li|p|div)[^>]*style="[^"]*' + re.escape(colour) +
+                         r'[^"]*"[^>]*>(.*?)</\1>', html, re.S):
+        found.append(re.sub(r"<[^>]+>", " ", m.group(2)))
+    return found
+
+
+def test_start_goes_to_notify_lists_impacted_and_lead(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app)
+    report = app.deliver_now(T0)
+    assert report.sent == 3 and not report.errors
+    mails = by_rcpt(sink)
+    assert set(mails) == {"ana@example.org", "ops-team@example.org",
+                          "student-council@example.org"}
+    assert len(mails["ana@example.org"]) == 1, "the lead on the stakeholders list gets one copy"
+    assert len(sink.received) == 3
+    msg = mails["ops-team@example.org"][0]
+    assert msg["Subject"] == "[INC-1] ISC Learn Platform: outage"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg.get_content_type() == "multipart/alternative"
+    local, token, domain = tokens.split_address(msg["Reply-To"])
+    assert (local, domain) == ("incidents", "example.org")
+    assert tokens.verify(token or "", ["test-secret"]) == incident.id
+    text = text_of(msg)
+    for expected in ("ISC Learn Platform", "Complete downtime", "P1", "student-council@example.org",
+                     "unknown: depends on the database restore", "Restarting the DB primary",
+                     "Check replication lag", "Next communication at 11:00 UTC"):
+        assert expected in text
+    html = html_of(msg)
+    assert "<style" not in html, "premailer inlined the CSS"
+    assert 'style="' in html
+    assert "Next communication at 11:00 UTC" in html
+    assert highlighted(html, ORANGE) == [], "nothing is 'new' in the first communication"
+
+
+def test_each_copy_is_personal(app: Mailflow, sink: Sink) -> None:
+    declare(app, lead="bob@example.org")
+    app.deliver_now(T0)
+    mails = by_rcpt(sink)
+    ana, bob, ops = (mails[a][0] for a in ("ana@example.org", "bob@example.org",
+                                          "ops-team@example.org"))
+    assert ana["To"] == "Ana Lima <ana@example.org>"
+    assert "Hello Ana," in text_of(ana) and "Hello Ana," in html_of(ana)
+    assert "(12:00 Europe/Zurich)" in text_of(ana) and "(12:00 Europe/Zurich)" in html_of(ana)
+    assert "stakeholders list" in text_of(ana)
+    assert "(06:00 America/New_York)" in html_of(bob)
+    assert "as the incident lead" in html_of(bob)
+    assert "Hello," in text_of(ops) and "Europe/Zurich" not in html_of(ops)
+    ids = {m["Message-ID"] for m in (ana, bob, ops)}
+    assert len(ids) == 3, "each email has its own Message-ID"
+
+
+def test_update_highlights_only_what_is_new_and_threads(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app)
+    app.deliver_now(T0)
+    starts = {a: m[0]["Message-ID"] for a, m in by_rcpt(sink).items()}
+    sink.clear()
+
+    t1 = T0 + timedelta(minutes=20)
+    inc.post_update(app, incident, "Index on sessions table is corrupt; rebuilding", "ana@example.org", t1)
+    inc.send_update(app, incident, t1)
+    app.deliver_now(t1)
+    first = by_rcpt(sink)
+    msg = first["ops-team@example.org"][0]
+    assert msg["Subject"] == "[INC-1] ISC Learn Platform: outage"
+    assert msg["In-Reply-To"] == starts["ops-team@example.org"]
+    assert msg["References"] == starts["ops-team@example.org"]
+    new = highlighted(html_of(msg), ORANGE)
+    assert len(new) == 1 and "Index on sessions table is corrupt" in new[0]
+    assert "[NEW] 10:20 UTC, ana@example.org:" in text_of(msg)
+    assert "Next communication at 11:20 UTC" in text_of(msg)
+    sink.clear()
+
+    t2 = t1 + timedelta(minutes=15)
+    inc.change(app, incident, t2, "ana@example.org", severity="P2")
+    inc.post_update(app, incident, "Rebuild at 60 %", "ana@example.org", t2)
+    inc.send_update(app, incident, t2)
+    app.deliver_now(t2)
+    html = html_of(by_rcpt(sink)["ops-team@example.org"][0])
+    new = " | ".join(highlighted(html, ORANGE))
+    assert "Rebuild at 60 %" in new
+    assert "P2 (medium" in new, "the changed severity fact is new"
+    assert "Severity: P1 → P2" in new
+    assert "Index on sessions table" not in new, "the earlier update is no longer new"
+    assert "Index on sessions table" in html, "but it is still shown"
+
+
+def test_update_with_nothing_new_still_goes_out(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app)
+    inc.send_update(app, incident, T0 + timedelta(hours=1))
+    app.deliver_now(T0 + timedelta(hours=1))
+    text = text_of(by_rcpt(sink)["ops-team@example.org"][-1])
+    assert "No new information since 10:00 UTC; investigation continues." in text
+
+
+def test_solved_shows_resolution_in_green(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app)
+    inc.post_update(app, incident, "Rebuilding the index", "ana@example.org", T0 + timedelta(minutes=5))
+    end = T0 + timedelta(hours=2, minutes=5)
+    inc.resolve(app, incident, end, "Rebuilt the index; restarted app servers; verified logins",
+                "ana@example.org")
+    app.deliver_now(end)
+    msg = by_rcpt(sink)["ops-team@example.org"][-1]
+    html = html_of(msg)
+    green = highlighted(html, GREEN)
+    assert len(green) == 1 and "Rebuilt the index; restarted app servers" in green[0]
+    text = text_of(msg)
+    assert "Started:  2026-11-24 10:00 UTC" in text
+    assert "Ended:    2026-11-24 12:05 UTC" in text
+    assert "Duration: 2 h 5 min" in text
+    assert "ISC Learn Platform (complete downtime)" in text
+    assert Incident.get_by_id(incident.id).status == "resolved"
+    with pytest.raises(InvalidInput):
+        inc.post_update(app, Incident.get_by_id(incident.id), "late", "ana@example.org", end)
+
+
+def test_reply_text_cannot_inject_html_or_headers(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app, summary="<b>bold</b>\r\nBcc: evil@example.com")
+    inc.post_update(app, incident, "<script>alert(1)</script><img src=x>", "x@example.org", T0)
+    inc.send_update(app, incident, T0)
+    app.deliver_now(T0)
+    msg = by_rcpt(sink)["ops-team@example.org"][-1]
+    html = html_of(msg)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<img src=x>" not in html
+    assert "evil@example.com" not in (msg["Bcc"] or "")
+    assert all(r.rcpt_tos[0] != "evil@example.com" for r in sink.received)
+
+
+def test_premailer_runs_once_per_communication(app: Mailflow, sink: Sink,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = render.inline_css
+    monkeypatch.setattr(render, "inline_css", lambda html: calls.append(1) or real(html))
+    declare(app, impacted=[f"user{i}@example.org" for i in range(30)])
+    assert len(calls) == 1
+    assert OutMessage.select().count() == 32
+
+
+def test_bad_declarations_write_nothing(app: Mailflow) -> None:
+    with pytest.raises(NotFound, match="learn"):
+        declare(app, service="nope")
+    with pytest.raises(InvalidInput, match="P0, P1, P2"):
+        declare(app, severity="P7")
+    with pytest.raises(InvalidInput, match="outage"):
+        declare(app, impact="sideways")
+    with pytest.raises(InvalidInput, match="not an email"):
+        declare(app, impacted=["not an address"])
+    assert Incident.select().count() == 0 and OutMessage.select().count() == 0
+    with pytest.raises(NotFound, match="INC-9"):
+        inc.get_incident("INC-9")
+
+
+def test_recipients_and_sends_are_recorded(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app)
+    app.deliver_now(T0)
+    data = inc.describe(incident)
+    assert {r["email"] for r in data["recipients"]} == {
+        "ana@example.org", "ops-team@example.org", "student-council@example.org"}
+    for r in data["recipients"]:
+        assert [m["status"] for m in r["messages"]] == ["sent"]
+    kinds = [e["kind"] for e in data["timeline"]]
+    assert kinds == ["declared", "email"]
+    assert data["next_communication_at"] == "2026-11-24T11:00:00Z"
+    assert Recipient.select().where(Recipient.first_message_id.is_null()).count() == 0
+    assert Entry.select().count() == 2
