@@ -22,6 +22,7 @@ from typing import Protocol
 import aiosmtplib
 from peewee import SqliteDatabase, fn
 
+from .clock import format_duration
 from .config import Outbound
 from .models import Entry, OutMessage, Recipient
 
@@ -34,6 +35,10 @@ LEASE = timedelta(minutes=5)
 
 class TemporaryFailure(Exception):
     """The relay said 4xx or could not be reached: try again later."""
+
+
+class RelayDown(TemporaryFailure):
+    """The relay cannot be reached at all: every message waiting for it is deferred."""
 
 
 class PermanentFailure(Exception):
@@ -95,9 +100,9 @@ class SMTPTransport:
             if s.username:
                 await smtp.login(s.username, s.password)
         except aiosmtplib.SMTPAuthenticationError as exc:
-            raise TemporaryFailure(f"relay {s.host}:{s.port} refused login: {exc}") from exc
+            raise RelayDown(f"relay {s.host}:{s.port} refused login: {exc}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TemporaryFailure(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
+            raise RelayDown(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
         return smtp
 
     async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None:
@@ -228,6 +233,11 @@ class Outbox:
                 await transport.send(msg.envelope_from, msg.recipient, bytes(msg.raw))
             except PermanentFailure as exc:
                 self._failed(msg, now, str(exc), report)
+            except RelayDown as exc:
+                # No point knocking once per message: defer this one and the rest of the batch.
+                self._retry(msg, now, str(exc), report)
+                while not queue.empty():
+                    self._retry(queue.get_nowait(), now, str(exc), report, quiet=True)
             except TemporaryFailure as exc:
                 self._retry(msg, now, str(exc), report)
             else:
@@ -237,7 +247,8 @@ class Outbox:
                         OutMessage.id == msg.id).execute()
                 report.sent += 1
 
-    def _retry(self, msg: OutMessage, now: datetime, error: str, report: Report) -> None:
+    def _retry(self, msg: OutMessage, now: datetime, error: str, report: Report,
+               quiet: bool = False) -> None:
         if now - msg.created_at >= self.retry_for:
             self._failed(msg, now, f"gave up after {self.retry_for}: {error}", report)
             return
@@ -247,8 +258,9 @@ class Outbox:
                               next_attempt_at=now + delay, last_error=error).where(
                 OutMessage.id == msg.id).execute()
         report.retrying += 1
-        report.errors.append(f"{msg.recipient}: {error} (retry in {delay})")
-        log.warning("delivery to %s deferred: %s", msg.recipient, error)
+        if not quiet:
+            report.errors.append(f"{error} (retry in {format_duration(delay)})")
+            log.warning("delivery to %s deferred: %s", msg.recipient, error)
 
     def _failed(self, msg: OutMessage, now: datetime, error: str, report: Report) -> None:
         with self.db.atomic():
