@@ -11,7 +11,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import clock
 from .models import Incident
-from .posting import accept_reply
+from .posting import accept_declaration, accept_reply
 from .replies import parse_reply
 from .tokens import split_address, verify
 
@@ -31,6 +31,13 @@ class InboundHandler:
         self.on_posted = on_posted  # wakes the outbox sender when a reply queued mail
         self.in_flight = 0  # DATA transactions being committed; SIGTERM waits for them
 
+    def is_base(self, address: str) -> bool:
+        """The reply address without a token: where incidents are declared by email."""
+        cfg = self.app.config
+        local, token, domain = split_address(address)
+        return token is None and local == cfg.reply_local.lower() \
+            and domain == cfg.reply_domain.lower()
+
     def incident_for(self, address: str) -> Incident | None:
         """The open-or-not incident a recipient address names, if its token is valid."""
         cfg = self.app.config
@@ -45,6 +52,9 @@ class InboundHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         """550 before any DATA for anything but a valid signed incident address."""
+        if self.is_base(address):
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
         incident = self.incident_for(address)
         if incident is None:
             log.info("RCPT %s refused: not a valid incident address", address)
@@ -71,6 +81,12 @@ class InboundHandler:
         answers = []
         queued = False
         for address in envelope.rcpt_tos:
+            if self.is_base(address):
+                outcome = accept_declaration(self.app, reply, raw, mail_from, now)
+                log.info("declaration from %s: %s", reply.sender or "<>", outcome.message)
+                answers.append((outcome.code, outcome.message))
+                queued = True
+                continue
             incident = self.incident_for(address)
             if incident is None:  # deleted between RCPT and DATA
                 answers.append((550, "5.1.1 unknown incident"))

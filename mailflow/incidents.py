@@ -230,7 +230,7 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     outgoing = app.renderer.personalise(kind, ctx, [personal(app, r) for r in to], envelope)
     rows = [
         dict(incident=incident.id, kind=kind, recipient=o.recipient.email,
-             envelope_from=cfg.reply_to, message_id=o.message_id, raw=o.raw, created_at=now,
+             envelope_from=ctx["reply_address"], message_id=o.message_id, raw=o.raw, created_at=now,
              next_attempt_at=now)
         for o in outgoing
     ]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
 
 from . import incidents as inc
 from .errors import MailflowError
-from .models import Entry, Incident, InMessage, Recipient
+from .models import Entry, Incident, InMessage, OutMessage, Recipient
+from .render import one_line
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -133,3 +138,97 @@ def _tell_lead_once(app: Mailflow, incident: Incident, sender: str, now: datetim
                         "If they should be able to post, add them: `mailflow add-recipient "
                         f"{incident.ref} {sender}` or `mailflow contacts add`.",
                     ])
+
+
+# --- declare by email ---------------------------------------------------------------------
+
+_FIELD = re.compile(r"^\s*(service|severity|impact|impacted|eta|started|next[ _-]?steps|lead)"
+                    r"\s*:\s*(.*?)\s*$", re.I)
+_SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|tr|wg)\s*:\s*)+", re.I)
+
+
+def parse_declaration(reply: Reply) -> tuple[dict[str, str], str]:
+    """`service:`/`severity:`/`impact:`… lines at the top, the summary below (or the subject)."""
+    fields = {c.name: c.value for c in reply.commands if c.name in ("severity", "impact", "eta")}
+    lines = reply.text.split("\n")
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        m = _FIELD.match(lines[i])
+        if not m:
+            break
+        fields[m.group(1).lower().replace(" ", "_").replace("-", "_")
+               .replace("nextsteps", "next_steps")] = m.group(2)
+        i += 1
+    summary = "\n".join(lines[i:]).strip() or _SUBJECT_PREFIX.sub("", reply.subject).strip()
+    return fields, summary
+
+
+def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
+                       now: datetime) -> Outcome:
+    """An email to the base address from a known contact declares an incident."""
+    if reply.is_bounce or reply.is_auto_reply:
+        return Outcome(250, "2.0.0 auto-reply ignored", "auto-reply")
+    sender = reply.sender
+    if not sender or not app.contacts.knows(sender):
+        return Outcome(550, f"5.7.1 {sender or 'this sender'} may not declare incidents: "
+                            "not in contacts.yaml", "refused")
+    fields, summary = parse_declaration(reply)
+    missing = [k for k in ("service", "severity", "impact") if not fields.get(k)]
+    problem = ""
+    if missing:
+        problem = f"missing {', '.join(f'`{k}:`' for k in missing)} line(s) at the top"
+    elif not summary:
+        problem = "no summary: write one line below the fields saying what is broken"
+    incident = None
+    if not problem:
+        try:
+            with app.db.atomic():
+                incident = inc.declare(
+                    app, now, service=fields["service"], severity=fields["severity"],
+                    impact=fields["impact"], summary=summary.split("\n")[0][:300],
+                    impacted=fields.get("impacted", "").replace(",", " ").split(),
+                    eta=fields.get("eta", ""), started=fields.get("started", ""),
+                    next_steps=fields.get("next_steps", ""),
+                    lead=fields.get("lead") or sender, author=sender)
+                InMessage.create(incident=incident, received_at=now, mail_from=mail_from,
+                                 sender=sender, message_id=reply.message_id, raw=raw,
+                                 outcome="declared")
+        except MailflowError as exc:
+            problem = str(exc)
+    if incident is not None:
+        return Outcome(250, f"2.0.0 declared {incident.ref}", "declared")
+    with app.db.atomic():
+        _queue_refusal(app, reply, problem, now)
+        InMessage.create(incident=None, received_at=now, mail_from=mail_from, sender=sender,
+                         message_id=reply.message_id, raw=raw, outcome="declaration refused")
+    return Outcome(250, "2.0.0 declaration refused; the sender is told why", "declaration refused")
+
+
+def _queue_refusal(app: Mailflow, reply: Reply, problem: str, now: datetime) -> None:
+    """Tell the sender what is wrong with their declaration (RFC 3834 auto-replied)."""
+    cfg = app.config
+    services = ", ".join(sorted(app.contacts.services)) or "(none in contacts.yaml)"
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = cfg.sender
+    msg["To"] = reply.sender
+    msg["Subject"] = one_line(f"Re: {reply.subject}" if reply.subject else "Incident not declared")
+    msg["Date"] = format_datetime(now)
+    message_id = make_msgid(domain=cfg.reply_domain)
+    msg["Message-ID"] = message_id
+    if reply.message_id:
+        msg["In-Reply-To"] = reply.message_id
+        msg["References"] = reply.message_id
+    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: robots must not answer this
+    msg.set_content(
+        f"No incident was declared: {problem}.\n\n"
+        "Write the fields one per line at the top of the email, then the summary:\n\n"
+        "    service: learn\n    severity: P1\n    impact: outage\n\n"
+        "    Learn platform returns 502 for every page\n\n"
+        f"Services: {services}. Severities: P0, P1, P2, P3. Impact: outage or degraded.\n"
+        "Optional: impacted:, eta:, started:, next steps:, lead:.\n")
+    OutMessage.create(incident=None, kind="declaration-refused", recipient=reply.sender,
+                      envelope_from="", message_id=message_id, raw=msg.as_bytes(),
+                      created_at=now, next_attempt_at=now)

@@ -143,7 +143,7 @@ def test_forged_and_foreign_addresses_are_refused_at_rcpt(app, sink, incident, i
     forged = good.replace(tokens.sign(incident.id, "test-secret"),
                           tokens.sign(incident.id, "wrong-secret"))
     for address in (forged, "incidents+1-00000000000000000000@example.org",
-                    "incidents@example.org", "someone@example.org",
+                    "someone@example.org", "incidents@other.example",
                     tokens.reply_address("incidents", "example.org", 99, "test-secret")):
         code, _ = inbound.send(reply("hello"), address)
         assert code == 550, address
@@ -223,3 +223,49 @@ def test_reply_html_and_header_injection_do_not_reach_the_next_email(app, sink, 
         assert r.rcpt_tos[0] != "victim@example.com"
         assert r.message["Bcc"] is None
         assert "<script>" not in html_of(r.message)
+
+
+def test_declare_by_email(app, sink, inbound) -> None:  # noqa: ANN001
+    msg = reply("service: learn\nseverity: P1\nimpact: degraded\n\nLogins take 30 s\n",
+                sender="Chloe Martin <chloe@example.org>")
+    code, answer = inbound.send(msg, "incidents@example.org", mail_from="chloe@example.org")
+    assert code == 250 and b"declared INC-1" in answer
+    incident = Incident.get_by_id(1)
+    assert (incident.service, incident.severity, incident.impact) == ("learn", "P1", "degraded")
+    assert incident.summary == "Logins take 30 s"
+    assert incident.lead == "chloe@example.org", "the sender leads"
+    app.deliver_now(NOW)
+    start = by_rcpt(sink)["chloe@example.org"][0]
+    assert start["Subject"] == "[INC-1] ISC Learn Platform: degraded", "the reference comes back"
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ("severity: P1\nimpact: outage\n\nLogins fail", "missing `service:`"),
+    ("service: learn\nseverity: P9\nimpact: outage\n\nLogins fail", "severity"),
+    ("service: moon\nseverity: P1\nimpact: outage\n\nLogins fail", "no service 'moon'"),
+])
+def test_malformed_declaration_gets_an_explanation_and_no_incident(app, sink, inbound,  # noqa: ANN001
+                                                                   body, why) -> None:
+    msg = reply(body, sender="chloe@example.org")
+    code, _ = inbound.send(msg, "incidents@example.org", mail_from="chloe@example.org")
+    assert code == 250
+    assert Incident.select().count() == 0
+    app.deliver_now(NOW)
+    [answer] = sink.messages()
+    assert answer["To"] == "chloe@example.org"
+    assert answer["Auto-Submitted"] == "auto-replied"
+    assert answer["In-Reply-To"] == msg["Message-ID"]
+    assert why in answer.get_content()
+    assert sink.received[0].mail_from in ("", "<>"), "null sender: nobody's robot answers it"
+
+
+def test_strangers_cannot_declare(app, sink, inbound) -> None:  # noqa: ANN001
+    msg = reply("service: learn\nseverity: P1\nimpact: outage\n\nx", sender="mallory@evil.example")
+    code, _ = inbound.send(msg, "incidents@example.org", mail_from="mallory@evil.example")
+    assert code == 550
+    assert Incident.select().count() == 0
+
+
+def test_outgoing_mail_bounces_to_the_incident_address(app, sink, incident) -> None:  # noqa: ANN001
+    envelope_from = sink.received[0].mail_from
+    assert envelope_from == reply_to(sink), "bounces come back with the incident's token"
