@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from .errors import InvalidInput
 
-_DURATION = re.compile(r"(\d+)\s*(w|d|h|m|min|s)", re.I)
+_DURATION = re.compile(r"(\d+)\s*(min|w|d|h|m|s)", re.I)
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1}
 
 

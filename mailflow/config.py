@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from .clock import parse_duration
+from .clock import parse_duration, parse_time
 from .errors import ConfigError, InvalidInput
 
 SEVERITIES = ("P0", "P1", "P2", "P3")
@@ -26,6 +26,9 @@ contacts = "contacts.yaml"
 from = "Incident Desk <incidents@example.org>"
 reply_to = "incidents@example.org"   # replies go to incidents+TOKEN@example.org
 secret = "{secret}"   # signs reply tokens; keep it private
+# To rotate: move the old secret here; its tokens stay valid until the date below.
+# previous_secret = "..."
+# previous_secret_until = 2026-12-31T00:00:00Z
 # maildir = "mail"               # where mail goes while [outbound] has no host
 
 [outbound]
@@ -81,7 +84,10 @@ class Cadence:
         default_factory=lambda: {k: parse_duration(v) for k, v in DEFAULT_UPDATE_EVERY.items()}
     )
     reminder_before: timedelta = timedelta(minutes=10)
-    escalate: tuple[timedelta, ...] = (timedelta(hours=4), timedelta(days=1))
+    # Per severity: the same list for all unless [cadence] escalate is a table.
+    escalate: dict[str, tuple[timedelta, ...]] = field(
+        default_factory=lambda: {k: (timedelta(hours=4), timedelta(days=1)) for k in SEVERITIES}
+    )
     handover_after: timedelta = timedelta(hours=7)
 
 
@@ -97,13 +103,17 @@ class Config:
     sender: str = "Incident Desk <incidents@example.org>"
     reply_to: str = "incidents@example.org"
     secret: str = "change-me"
+    previous_secret: str = ""
+    previous_secret_until: datetime | None = None
     outbound: Outbound = field(default_factory=Outbound)
     inbound: Inbound = field(default_factory=Inbound)
     cadence: Cadence = field(default_factory=Cadence)
 
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Secrets whose tokens are accepted: the current one first."""
+    def secrets(self, now: datetime) -> tuple[str, ...]:
+        """Secrets whose tokens are accepted at `now`: the current one, and during the
+        grace period after a rotation, the previous one."""
+        if self.previous_secret and self.previous_secret_until and now < self.previous_secret_until:
+            return (self.secret, self.previous_secret)
         return (self.secret,)
 
     @property
@@ -118,6 +128,7 @@ class Config:
 
 
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
+        "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for"}
 _IN = {"host", "port", "max_size"}
@@ -207,7 +218,18 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         if sev not in SEVERITIES:
             raise fail(f"cadence.update_every.{sev}", f"unknown severity; use {', '.join(SEVERITIES)}")
         update_every[sev] = duration(value, f"cadence.update_every.{sev}")
-    escalate = get(cad, "escalate", list, ["4h", "1d"], "cadence.")
+    raw_escalate = get(cad, "escalate", (list, dict), ["4h", "1d"], "cadence.")
+    escalate: dict[str, tuple[timedelta, ...]] = {}
+    for sev in SEVERITIES:
+        values = raw_escalate.get(sev, ["4h", "1d"]) if isinstance(raw_escalate, dict) \
+            else raw_escalate
+        if not isinstance(values, list):
+            raise fail(f"cadence.escalate.{sev}", "must be a list of durations, e.g. [\"4h\", \"1d\"]")
+        escalate[sev] = tuple(sorted(duration(v, f"cadence.escalate.{sev}") for v in values))
+    if isinstance(raw_escalate, dict):
+        for sev in raw_escalate:
+            if sev not in SEVERITIES:
+                raise fail(f"cadence.escalate.{sev}", f"unknown severity; use {', '.join(SEVERITIES)}")
     port_out = get(out, "port", int, 587, "outbound.")
     port_in = get(inb, "port", int, 8025, "inbound.")
     for key, port in (("outbound.port", port_out), ("inbound.port", port_in)):
@@ -220,6 +242,14 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if max_size < 1024:
         raise fail("inbound.max_size", "must be at least 1024 bytes")
     templates = data.get("templates")
+    until_raw = get(data, "previous_secret_until", (str, datetime), "")
+    try:
+        until = parse_time(until_raw) if isinstance(until_raw, str) and until_raw else \
+            (until_raw if isinstance(until_raw, datetime) else None)
+    except InvalidInput:
+        raise fail("previous_secret_until", f"{until_raw!r} is not an ISO 8601 time") from None
+    if isinstance(until, datetime) and until.tzinfo is None:
+        until = parse_time(until.isoformat())
     return Config(
         path=path.resolve() if path else None,
         database=resolve("database", "mailflow.db"),
@@ -229,6 +259,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         sender=sender,
         reply_to=reply_to,
         secret=get(data, "secret", str, "change-me"),
+        previous_secret=get(data, "previous_secret", str, ""),
+        previous_secret_until=until,
         outbound=Outbound(
             host=get(out, "host", str, "", "outbound."),
             port=port_out,
@@ -247,7 +279,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         cadence=Cadence(
             update_every=update_every,
             reminder_before=duration(cad.get("reminder_before", "10m"), "cadence.reminder_before"),
-            escalate=tuple(sorted(duration(v, "cadence.escalate") for v in escalate)),
+            escalate=escalate,
             handover_after=duration(cad.get("handover_after", "7h"), "cadence.handover_after"),
         ),
     )

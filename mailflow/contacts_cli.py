@@ -32,7 +32,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def _contacts_path(ctx: click.Context) -> Path:
-    """The contacts file named by the configuration (`--config`, $MAILFLOW_CONFIG, ./mailflow.toml)."""
+    """The contacts file the configuration names (--config, $MAILFLOW_CONFIG, ./mailflow.toml)."""
     config_path = getattr(ctx.obj, "config_path", None) or find_config(None)
     return load_config(Path(config_path)).contacts
 
@@ -83,7 +83,7 @@ def _describe_person(person: Person) -> str:
 
 @click.group()
 def contacts() -> None:
-    """Look at, edit and check contacts.yaml (the file named by the configuration).
+    """Look at, edit and check contacts.yaml (the file the configuration names).
 
     \b
     Example:
@@ -96,7 +96,7 @@ def contacts() -> None:
 @json_option
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
-    """List people (with their lists), lists (with their addresses) and services.
+    """List people, lists and services.
 
     \b
     Example:
@@ -134,7 +134,9 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def show(ctx: click.Context, email: str, as_json: bool) -> None:
-    """Show one person or address: details, lists, and the services that reach them.
+    """Show a person, their lists and services.
+
+    EMAIL may also be a plain address that is only on lists (a team alias).
 
     \b
     Example:
@@ -189,14 +191,18 @@ def show(ctx: click.Context, email: str, as_json: bool) -> None:
 @click.pass_context
 def add(ctx: click.Context, name: str, email: str, expertise: tuple[str, ...],
         timezone: str | None, lists: tuple[str, ...]) -> None:
-    """Add a person, and optionally put them on lists; the rest of the file is kept as is.
+    """Add a person; the rest of the file is kept.
+
+    The entry is appended to `people:` and the address to each --list (which must exist).
 
     \b
     Example:
       mailflow contacts add --name "Gus Berg" --email gus@example.org \\
           --expertise postgres,dns --timezone Europe/Zurich --list stakeholders
     """
-    email = email.strip()
+    name, email = name.strip(), email.strip()
+    if not name:
+        raise InvalidInput("--name is empty; give the person's full name, e.g. --name \"Ana Lima\"")
     if not is_address(email):
         raise InvalidInput(f"--email: {email!r} is not a valid email address "
                            "(write e.g. ana@example.org)")
@@ -222,7 +228,9 @@ def add(ctx: click.Context, name: str, email: str, expertise: tuple[str, ...],
 @click.argument("email")
 @click.pass_context
 def remove(ctx: click.Context, email: str) -> None:
-    """Remove a person and their address from every list.
+    """Remove a person from people and all lists.
+
+    A plain address that is only on lists is taken off those lists.
 
     \b
     Example:
@@ -245,7 +253,9 @@ def remove(ctx: click.Context, email: str) -> None:
 @json_option
 @click.pass_context
 def experts(ctx: click.Context, tags: tuple[str, ...], as_json: bool) -> None:
-    """Who can help with these tags: most matching tags first, then by name.
+    """Who can help with these tags, best first.
+
+    One line each: `Name <email>: matched tags (all their tags)`; most matches first.
 
     \b
     Example:
@@ -274,7 +284,10 @@ def experts(ctx: click.Context, tags: tuple[str, ...], as_json: bool) -> None:
 @contacts.command()
 @click.pass_context
 def check(ctx: click.Context) -> None:
-    """Validate contacts.yaml; every problem is printed as `file:line: reason`.
+    """Validate contacts.yaml; exit 1 on problems.
+
+    Prints `ok: N people, M lists, K services`, or every problem as `file:line: reason`
+    on stderr.
 
     \b
     Example:

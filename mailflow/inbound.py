@@ -44,7 +44,7 @@ class InboundHandler:
         local, token, domain = split_address(address)
         if local != cfg.reply_local.lower() or domain != cfg.reply_domain.lower() or not token:
             return None
-        incident_id = verify(token, cfg.secrets)
+        incident_id = verify(token, cfg.secrets(self.now()))
         if incident_id is None:
             return None
         return Incident.get_or_none(Incident.id == incident_id)

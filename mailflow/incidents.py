@@ -119,7 +119,7 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
     first = incident.last_sent is None
     facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
     entries = (Entry.select().where((Entry.incident == incident)
-                                    & Entry.kind.in_(("update", "change")))
+                                    & Entry.kind.in_(("update", "change", "handover")))
                .order_by(Entry.at, Entry.id))
     items = [Item(e.at, e.author, e.text, new=e.communicated_at is None) for e in entries]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
@@ -283,6 +283,23 @@ def cancel_due(incident: Incident, now: datetime, kinds: Iterable[str] | None = 
     q.execute()
 
 
+def schedule_escalations(app: Mailflow, incident: Incident, now: datetime) -> None:
+    """Escalations at the thresholds of the current severity, counted from the declaration.
+
+    Thresholds already passed under the old severity keep their (done) rows: each fires
+    once. A threshold the new severity adds that is already past fires at the next tick.
+    """
+    wanted = {_label(t): t for t in app.config.cadence.escalate[incident.severity]}
+    pending = Due.select().where((Due.incident == incident) & (Due.kind == "escalate")
+                                 & Due.done_at.is_null())
+    for due in pending:
+        if due.key not in wanted:
+            Due.update(done_at=now, outcome="cancelled").where(Due.id == due.id).execute()
+    for key, threshold in wanted.items():
+        Due.insert(incident=incident, kind="escalate", key=key,
+                   due_at=incident.declared_at + threshold).on_conflict_ignore().execute()
+
+
 def schedule_handover(app: Mailflow, incident: Incident, now: datetime) -> None:
     """Remind the current lead to hand over `handover_after` after they took the lead."""
     cancel_due(incident, now, kinds=("handover",))
@@ -328,9 +345,7 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
         for addr in impacted:
             add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
         schedule_mark(app, incident, now + update_every(app, incident), now)
-        for threshold in app.config.cadence.escalate:
-            Due.create(incident=incident, kind="escalate", key=_label(threshold),
-                       due_at=now + threshold)
+        schedule_escalations(app, incident, now)
         schedule_handover(app, incident, now)
         communicate(app, incident, "start", now)
     return incident
@@ -387,10 +402,12 @@ def change(app: Mailflow, incident: Incident, now: datetime, author: str, **fiel
         log(incident, now, "change", f"{labels[name]}: {old or '—'} → {value}", author=author,
             shown=True, data={"field": name, "old": old, "new": value})
     incident.save()
-    if "severity" in fields and fields["severity"] is not None and incident.next_comm_at:
-        # The cadence follows the new severity from now on: never later than the new rhythm.
+    if fields.get("severity") is not None:
+        schedule_escalations(app, incident, now)
+        # The cadence follows the new severity from now on. A mark already announced is
+        # kept if it comes sooner: stakeholders were told to expect it.
         sooner = now + update_every(app, incident)
-        if sooner < incident.next_comm_at:
+        if incident.next_comm_at is None or sooner < incident.next_comm_at:
             schedule_mark(app, incident, sooner, now)
 
 

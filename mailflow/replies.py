@@ -129,7 +129,7 @@ def _decode_word(charset: str, encoding: str, payload: str) -> str | None:
     charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
     try:
         if encoding in "bB":
-            raw = base64.b64decode(payload + "=" * (-len(payload) % 4))
+            raw = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
         else:
             raw = binascii.a2b_qp(payload.encode("utf-8", "surrogateescape"), header=True)
     except (binascii.Error, ValueError):
@@ -185,7 +185,24 @@ def _header(msg: Message | None, name: str) -> str:
 
 
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+$")
-_ADDRESS_IN_TEXT = re.compile(r"<\s*([^<>\s@]+@[^<>\s@]+?)\s*>|([^<>\s@\"',;:]+@[^<>\s@\"',;:]+)")
+_ANGLE_ADDRESS = re.compile(r"<\s*([^<>\s@]{1,64}@[^<>\s@]{1,255})\s*>")
+_ADDRESS_LEFT = re.compile(r"[^<>\s\"',;:@()]{1,64}$")
+_ADDRESS_RIGHT = re.compile(r"[^<>\s\"',;:@()]{1,255}")
+
+
+def _address_in_text(raw: str) -> tuple[str, int] | None:
+    """(address, where its text starts) for the first address-looking token; linear time."""
+    m = _ANGLE_ADDRESS.search(raw)
+    if m:
+        return m.group(1), m.start()
+    at = raw.find("@")
+    while at >= 0:
+        left = _ADDRESS_LEFT.search(raw, max(0, at - 64), at)
+        right = _ADDRESS_RIGHT.match(raw, at + 1)
+        if left and right:
+            return f"{left.group(0)}@{right.group(0)}", left.start()
+        at = raw.find("@", at + 1)
+    return None
 
 
 def _bare_address(value: str) -> str:
@@ -202,21 +219,26 @@ def _parse_from(raw: str) -> tuple[str, str]:
     The address is taken before RFC 2047 decoding, so an encoded display name such as
     `=?utf-8?q?boss@example.org?= <x@evil>` cannot pose as another address.
     """
+    raw = raw[:_HEADER_CHARS]  # a real From is short; the address parser is not linear
     try:
         pairs = email.utils.getaddresses([raw])
     except Exception:
         pairs = []
     for name, addr in pairs:
         address = _bare_address(addr)
-        if address:
-            return _one_line(_decode_header_words(name), 200).strip("\"' "), address
-    m = _ADDRESS_IN_TEXT.search(raw)
-    if m:
-        address = _bare_address(m.group(1) or m.group(2))
-        if address:
-            name = raw[: m.start()].strip()
-            return _one_line(_decode_header_words(name), 200).strip("\"' "), address
-    return _one_line(_decode_header_words(raw), 200).strip("\"' ") if "@" not in raw else "", ""
+        if address and "=?" not in address:  # an encoded word is a name, never an address
+            if not name.strip():
+                found = _address_in_text(raw)
+                name = raw[: found[1]] if found and found[0].lower() == address else ""
+            return _display_name(name), address
+    found = _address_in_text(raw)
+    if found and _bare_address(found[0]):
+        return _display_name(raw[: found[1]]), _bare_address(found[0])
+    return (_display_name(raw) if "@" not in raw else ""), ""
+
+
+def _display_name(raw: str) -> str:
+    return _one_line(_decode_header_words(raw), 200).strip("\"' ")
 
 
 def _message_id(raw: str) -> str:
@@ -335,13 +357,8 @@ def _body_texts(msg: Message) -> tuple[str, str]:
 def _unflow(text: str, delsp: bool) -> str:
     """Undo RFC 3676 format=flowed: join soft-broken lines, keep quote depth."""
     out: list[str] = []
-    buffer: str | None = None
-    depth_of_buffer = 0
-
-    def flush() -> None:
-        if buffer is not None:
-            out.append(("> " * depth_of_buffer) + buffer if depth_of_buffer else buffer)
-
+    pieces: list[str] = []  # the logical line being joined
+    depth_of_pieces = 0
     for line in text.split("\n"):
         stripped = line.lstrip(">")
         depth = len(line) - len(stripped)
@@ -350,16 +367,21 @@ def _unflow(text: str, delsp: bool) -> str:
         soft = stripped.endswith(" ") and stripped != "-- "
         if soft and delsp:
             stripped = stripped[:-1]
-        if buffer is not None and depth == depth_of_buffer:
-            buffer += stripped
-        else:
-            flush()
-            buffer, depth_of_buffer = stripped, depth
+        if pieces and depth != depth_of_pieces:
+            out.append(_flowed_line(pieces, depth_of_pieces))
+            pieces = []
+        depth_of_pieces = depth
+        pieces.append(stripped)
         if not soft:
-            flush()
-            buffer = None
-    flush()
+            out.append(_flowed_line(pieces, depth))
+            pieces = []
+    if pieces:
+        out.append(_flowed_line(pieces, depth_of_pieces))
     return "\n".join(out)
+
+
+def _flowed_line(pieces: list[str], depth: int) -> str:
+    return ("> " * depth if depth else "") + "".join(pieces)
 
 
 # --- auto replies and bounces ---
@@ -583,7 +605,8 @@ def html_to_text(html_text: str) -> str:
         text = "".join(parser.out)
     except Exception:  # html.parser gave up on broken markup: strip tags the crude way
         try:
-            source = re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", str(html_text))
+            source = str(html_text)[:MAX_TEXT_CHARS]  # the regexes below are not linear
+            source = re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", source)
             source = re.sub(r"(?i)<br\s*/?>|</(p|div|li|tr|h\d)\s*>", "\n", source)
             text = html.unescape(re.sub(r"<[^>]*>", "", source))
         except Exception:
@@ -765,7 +788,7 @@ def extract_text(body: str) -> str:
 
 # --- commands ---
 
-_COMMAND_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]{0,30}?)\s*:\s*(.*?)\s*$")
+_COMMAND_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]{0,30}?)\s*:(.*)$")
 _IMPACTS = {
     "degraded": "degraded",
     "degradation": "degraded",
@@ -776,6 +799,17 @@ _IMPACTS = {
     "full outage": "outage",
 }
 _CLOCK_TIME = re.compile(r"^([01]?\d|2[0-3])[:h]([0-5]\d)(?:\s*(?:utc|z))?$", re.I)
+
+
+_DURATION_PART = re.compile(
+    r"(\d+)\s*(weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])", re.I
+)
+
+
+def _compact_duration(value: str) -> str:
+    """"1 hour 30 min" -> "1h30m": the one spelling clock.parse_duration reads reliably."""
+    compact = _DURATION_PART.sub(lambda m: m.group(1) + m.group(2)[0].lower(), value.strip())
+    return re.sub(r"\s+", "", compact).lower()
 
 
 def _norm_words(value: str) -> str:
@@ -805,11 +839,12 @@ def _command_values(name: str, value: str) -> list[str] | None:
         m = _CLOCK_TIME.match(value)
         if m:
             return [f"{int(m.group(1)):02d}:{m.group(2)}"]
+        duration = _compact_duration(value)
         try:
-            parse_duration(value, what="next update")
+            parse_duration(duration, what="next update")
         except InvalidInput:
             return None
-        return [value]
+        return [duration]
     if name in ("lead", "communicator", "scribe"):
         person = _person(value)
         return [person] if person else None

@@ -10,13 +10,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from . import incidents as inc
 from .clock import format_duration, parse_duration
 from .errors import MailflowError
 from .models import Due, Incident
 
-if __import__("typing").TYPE_CHECKING:
+if TYPE_CHECKING:
     from .app import Mailflow
 
 log = logging.getLogger(__name__)
@@ -96,20 +97,25 @@ def _escalate(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     if not incident.is_open:
         return False
     threshold = parse_duration(due.key)
-    lists = app.contacts.escalation_lists(incident.service, threshold) \
-        if incident.service in app.contacts.services else ()
+    svc = app.contacts.services.get(incident.service)
+    # The lists of the largest contacts.yaml threshold reached: a severity with its own
+    # thresholds (say 1h for P0) still reaches whoever the service names.
+    lists: tuple[str, ...] = ()
+    for at, names in svc.escalate if svc else ():
+        if at <= threshold:
+            lists = names
     reason = f"as escalation after {format_duration(threshold)} of {incident.ref}"
     to = [inc.add_recipient(app, incident, a, reason, now) for a in app.contacts.expand(lists)]
     to += inc.lead_recipients(app, incident, now)
     to = list({r.id: r for r in to}.values())
-    svc = app.contacts.services.get(incident.service)
     tags = svc.expertise if svc else ()
     experts = [{"name": p.name, "email": p.email, "tags": list(matched)}
                for p, matched in app.contacts.experts(tags)]
-    final = threshold >= max(app.config.cadence.escalate, default=threshold)
+    thresholds = app.config.cadence.escalate[incident.severity]
+    # The last of several thresholds (1 day by default) proposes the complete workaround.
+    final = len(thresholds) > 1 and threshold >= max(thresholds)
     inc.communicate(app, incident, "escalation", now, to=to, marks_sent=False,
-                    threshold=threshold, experts=experts, expertise=list(tags),
-                    final=final and len(app.config.cadence.escalate) > 1)
+                    threshold=threshold, experts=experts, expertise=list(tags), final=final)
     inc.log(incident, now, "escalation",
             f"escalated after {format_duration(threshold)} to {', '.join(lists) or 'the lead'}"
             f" ({', '.join(r.email for r in to)}); experts: "
