@@ -69,4 +69,5 @@ class Mailflow:
 
     def close(self) -> None:
         """Close the database."""
+        self.outbox.close()
         self.db.close()

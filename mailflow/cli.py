@@ -15,6 +15,7 @@ from . import clock
 from . import incidents as inc
 from .app import Mailflow
 from .config import EXAMPLE_TOML, find_config, load_config
+from .contacts_cli import contacts
 from .errors import MailflowError
 from .models import Entry, Incident, OutMessage
 from .outbox import Report
@@ -449,6 +450,43 @@ def add_recipient(state: State, ref: str, emails: tuple[str, ...], author: str) 
         for email in emails:
             inc.add_impacted(app, incident, email, now, author)
     click.echo(f"{incident.ref}: {len(emails)} added; they receive the next email")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown here (default: stdout).")
+@click.option("--done", is_flag=True, help="Mark the postmortem as written: no more reminders.")
+@author_option
+@pass_state
+def postmortem(state: State, ref: str, out: Path | None, done: bool, author: str) -> None:
+    """Write the postmortem draft (seeds/002 template) of a resolved incident, or mark it done.
+
+    \b
+    Example:
+      mailflow postmortem INC-1 --out INC-1-postmortem.md
+      mailflow postmortem INC-1 --done
+    """
+    from .postmortem import draft
+
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    if done:
+        with app.db.atomic():
+            incident.postmortem_done = True
+            incident.save()
+            inc.log(incident, now, "postmortem", "postmortem marked done", author=author)
+        click.echo(f"{incident.ref}: postmortem marked done")
+        return
+    text = draft(app, incident, now)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
+cli.add_command(contacts)
 
 
 def main() -> None:

@@ -59,25 +59,28 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(w for w in words if w))
 
 
-def _lists_of(contacts: Contacts, email: str) -> list[str]:
+def _lists_of(book: Contacts, email: str) -> list[str]:
     """Names of the lists that contain this address (any case)."""
     address = _address(email)
-    return [name for name, members in contacts.lists.items()
+    return [name for name, members in book.lists.items()
             if any(m.lower() == address for m in members)]
 
 
-def _person_data(contacts: Contacts, person: Person) -> dict[str, Any]:
+def _person_data(book: Contacts, person: Person) -> dict[str, Any]:
+    """A person as JSON-ready data, with the lists they are on."""
     return {"name": person.name, "email": person.email, "expertise": list(person.expertise),
-            "timezone": person.timezone, "lists": _lists_of(contacts, person.email)}
+            "timezone": person.timezone, "lists": _lists_of(book, person.email)}
 
 
 def _service_data(service: Service) -> dict[str, Any]:
+    """A service as JSON-ready data; thresholds written as in contacts.yaml (4h, 1d)."""
     return {"title": service.title, "notify": list(service.notify),
             "escalate": {_threshold(at): list(names) for at, names in service.escalate},
             "expertise": list(service.expertise)}
 
 
 def _describe_person(person: Person) -> str:
+    """`Name <email>`."""
     return f"{person.name} <{person.email}>"
 
 

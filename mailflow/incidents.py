@@ -206,7 +206,7 @@ def lead_recipients(app: Mailflow, incident: Incident, now: datetime) -> list[Re
 
 def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
                 to: Sequence[Recipient] | None = None, marks_sent: bool = True,
-                **extra: Any) -> list[OutMessage]:
+                **extra: Any) -> list[str]:
     """Render `kind` once, queue one personalised copy per recipient, and log it.
 
     `marks_sent`: this email is a communication to everyone (start, update, solved), so what
@@ -252,8 +252,7 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
             incident.last_sent = facts_of(incident)
             incident.last_comm_at = now
             incident.save()
-    return list(OutMessage.select().where(OutMessage.message_id.in_(
-        [o.message_id for o in outgoing])))
+    return [o.message_id for o in outgoing]
 
 
 def update_every(app: Mailflow, incident: Incident) -> timedelta:
@@ -411,7 +410,7 @@ def change(app: Mailflow, incident: Incident, now: datetime, author: str, **fiel
             schedule_mark(app, incident, sooner, now)
 
 
-def send_update(app: Mailflow, incident: Incident, now: datetime) -> list[OutMessage]:
+def send_update(app: Mailflow, incident: Incident, now: datetime) -> list[str]:
     """Send the update now and set the next mark from the severity's cadence."""
     require_open(incident)
     schedule_mark(app, incident, now + update_every(app, incident), now)
@@ -436,7 +435,7 @@ def set_next_update(app: Mailflow, incident: Incident, value: str, now: datetime
 
 
 def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author: str,
-            follow_up: str = "") -> list[OutMessage]:
+            follow_up: str = "") -> list[str]:
     """Mark resolved (green, or yellow with follow-up) and queue the solved notification."""
     require_open(incident)
     steps = steps.strip()
@@ -454,13 +453,48 @@ def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author
         cancel_due(incident, now)
         log(incident, now, "resolved", steps, author=author,
             data={"grade": incident.status, "follow_up": incident.follow_up})
-        return communicate(app, incident, "solved", now, grade=incident.status,
+        sent = communicate(app, incident, "solved", now, grade=incident.status,
                            resolution=steps, follow_up=incident.follow_up, ended_at=now,
                            duration=now - incident.declared_at)
+        send_postmortem(app, incident, now)
+        return sent
+
+
+def working_days_later(start: datetime, days: int) -> datetime:
+    """`days` working days (Monday to Friday) after `start`."""
+    at = start
+    while days:
+        at += timedelta(days=1)
+        if at.weekday() < 5:
+            days -= 1
+    return at
+
+
+def send_postmortem(app: Mailflow, incident: Incident, now: datetime) -> None:
+    """Email the postmortem draft to the lead; remind them after 2 working days."""
+    from .postmortem import draft  # postmortem imports this module
+
+    if not incident.lead:
+        return
+    lead = add_recipient(app, incident, incident.lead, "as the incident lead", now)
+    communicate(app, incident, "notice", now, to=[lead], marks_sent=False,
+                title=f"Postmortem draft for {incident.ref}",
+                paragraphs=[
+                    "The incident is resolved. Below is a postmortem draft following our "
+                    "template, filled from the timeline; complete the TODO parts with the team "
+                    "(blameless: systems and decisions, not people).",
+                    f"Get it as a file with `mailflow postmortem {incident.ref} --out "
+                    f"{incident.ref}.md`; mark it done with `mailflow postmortem {incident.ref} "
+                    "--done`.",
+                ],
+                preformatted=draft(app, incident, now))
+    log(incident, now, "postmortem", f"postmortem draft sent to {incident.lead}", "mailflow")
+    Due.insert(incident=incident, kind="postmortem", key="reminder",
+               due_at=working_days_later(now, 2)).on_conflict_ignore().execute()
 
 
 def close(app: Mailflow, incident: Incident, now: datetime, author: str,
-          note: str = "") -> list[OutMessage]:
+          note: str = "") -> list[str]:
     """Follow-up done: send the final green notice of an incident resolved with follow-up."""
     if incident.status != "follow-up":
         raise InvalidInput(f"{incident.ref} is {incident.status}: only an incident resolved with "

@@ -148,7 +148,11 @@ class OutMessage(BaseModel):
     last_error = TextField(default="")
 
     class Meta:
-        indexes = ((("status", "next_attempt_at"), False),)
+        indexes = (
+            (("status", "next_attempt_at"), False),
+            # "is an earlier message to this recipient still waiting?" for every claim
+            (("recipient", "status", "id"), False),
+        )
 
 
 class Due(BaseModel):

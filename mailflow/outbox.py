@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import logging
 import mailbox
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -161,26 +162,36 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def relaxed(db: SqliteDatabase) -> Iterator[None]:
-    """Commit without fsync (WAL + synchronous=NORMAL) for bookkeeping that may be redone.
-
-    A `sent` mark lost to a power cut only means one more copy of that email; an fsync
-    per message would cost more than the SMTP transaction itself.
-    """
-    db.execute_sql("PRAGMA synchronous = NORMAL")
-    try:
-        yield
-    finally:
-        db.execute_sql("PRAGMA synchronous = FULL")
-
-
 class Outbox:
     """Queue, claim and deliver outgoing mail."""
 
     def __init__(self, db: SqliteDatabase, retry_for: timedelta = timedelta(days=1)) -> None:
         self.db = db
         self.retry_for = retry_for
+        self._marks: sqlite3.Connection | None = None
+
+    def _mark_sent(self, msg: OutMessage, now: datetime) -> None:
+        """Record one delivery, on a connection of its own that commits without fsync.
+
+        WAL + synchronous=NORMAL survives a crash of the process; only a power cut can
+        lose the mark, and then the cost is one more copy of that email. An fsync per
+        message (FULL, as replies need) would cost more than building the message.
+        """
+        if self._marks is None:
+            self._marks = sqlite3.connect(self.db.database, isolation_level=None,
+                                          check_same_thread=False, timeout=10)
+            self._marks.execute("PRAGMA synchronous = NORMAL")
+            self._marks.execute("PRAGMA busy_timeout = 10000")
+        self._marks.execute(
+            "UPDATE outmessage SET status = 'sent', sent_at = ?, claimed_until = NULL, "
+            "attempts = attempts + 1 WHERE id = ?",
+            (now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" "), msg.id))
+
+    def close(self) -> None:
+        """Close the bookkeeping connection."""
+        if self._marks is not None:
+            self._marks.close()
+            self._marks = None
 
     def pending(self) -> int:
         """How many messages are not yet sent or failed."""
@@ -241,10 +252,7 @@ class Outbox:
             except TemporaryFailure as exc:
                 self._retry(msg, now, str(exc), report)
             else:
-                with relaxed(self.db), self.db.atomic():
-                    OutMessage.update(status="sent", sent_at=now, claimed_until=None,
-                                      attempts=msg.attempts + 1).where(
-                        OutMessage.id == msg.id).execute()
+                self._mark_sent(msg, now)
                 report.sent += 1
 
     def _retry(self, msg: OutMessage, now: datetime, error: str, report: Report,

@@ -7,6 +7,7 @@ in that pass and filled in per recipient, escaped, by one regex substitution.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import re
 import secrets
@@ -169,6 +170,7 @@ class Renderer:
         for kind in KINDS:
             self._template(f"{kind}.html")
             self._template(f"{kind}.txt")
+        self._template("postmortem.md")
 
     def _template(self, name: str) -> jinja2.Template:
         try:
@@ -207,13 +209,12 @@ class Renderer:
     ) -> list[Outgoing]:
         """One email per recipient; premailer runs once for all of them."""
         html, markers = self.html(kind, context)
+        skeleton = Skeleton(envelope)
         out = []
         for person in people:
             fill = markers.filler(person)
             message_id = make_msgid(domain=envelope.domain)
-            raw = build_message(
-                envelope, person, message_id, self.text(kind, context, person), fill(html)
-            )
+            raw = skeleton.build(person, message_id, self.text(kind, context, person), fill(html))
             out.append(Outgoing(person, message_id, raw))
         return out
 
@@ -233,29 +234,57 @@ def inline_css(html: str) -> str:
     ).transform()
 
 
-def build_message(
-    envelope: Envelope, person: Personal, message_id: str, text: str, html: str
-) -> bytes:
-    """Assemble the multipart/alternative message with threading and RFC 3834 headers."""
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = envelope.sender
-    name = one_line(person.name)
-    msg["To"] = formataddr((name, person.email)) if name else person.email
-    msg["Subject"] = one_line(envelope.subject)
-    msg["Date"] = format_datetime(as_utc(envelope.date))
-    msg["Message-ID"] = message_id
-    msg["Reply-To"] = envelope.reply_to
-    root = envelope.threads.get(person.email.lower())
-    if root:
-        msg["In-Reply-To"] = root
-        msg["References"] = root
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: out-of-office robots must not answer
-    msg["X-Auto-Response-Suppress"] = "OOF, AutoReply"  # the same, for Exchange
-    for key, value in envelope.extra_headers:
-        msg[key] = one_line(value)
-    msg.set_content(text, cte="quoted-printable")
-    msg.add_alternative(html, subtype="html", cte="quoted-printable")
-    return msg.as_bytes()
+class Skeleton:
+    """The headers and MIME frame shared by every copy of one communication, made once.
+
+    The email package costs ~1.6 ms to build and serialise one message (header parsing and
+    folding); for a fan-out to 1,000 people that is more than the SMTP transactions. Shared
+    headers are folded by the email package once; per recipient only To, Message-ID and the
+    threading headers are added and the two bodies quoted-printable encoded.
+    """
+
+    def __init__(self, envelope: Envelope) -> None:
+        head = EmailMessage(policy=SMTP)
+        head["From"] = envelope.sender
+        head["Subject"] = one_line(envelope.subject)
+        head["Date"] = format_datetime(as_utc(envelope.date))
+        head["Reply-To"] = envelope.reply_to
+        head["Auto-Submitted"] = "auto-generated"  # RFC 3834: out-of-office robots must not answer
+        head["X-Auto-Response-Suppress"] = "OOF, AutoReply"  # the same, for Exchange
+        for key, value in envelope.extra_headers:
+            head[key] = one_line(value)
+        head["MIME-Version"] = "1.0"
+        self.shared = head.as_bytes().rstrip(b"\r\n") + b"\r\n"
+        # "=" is always encoded in quoted-printable, so no body line can look like this.
+        self.boundary = f"===============mf{secrets.token_hex(10)}==".encode()
+        self.threads = envelope.threads
+
+    def build(self, person: Personal, message_id: str, text: str, html: str) -> bytes:
+        """One recipient's message, ready for SMTP (CRLF line endings)."""
+        name = one_line(person.name)
+        to = formataddr((name, person.email), charset="utf-8") if name else person.email
+        parts = [self.shared, b"To: ", one_line(to).encode(), b"\r\nMessage-ID: ",
+                 one_line(message_id).encode(), b"\r\n"]
+        root = self.threads.get(person.email.lower())
+        if root:
+            ref = one_line(root).encode()
+            parts += [b"In-Reply-To: ", ref, b"\r\nReferences: ", ref, b"\r\n"]
+        b = self.boundary
+        parts += [
+            b'Content-Type: multipart/alternative; boundary="', b, b'"\r\n\r\n',
+            b"--", b, b'\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", _qp(text),
+            b"\r\n--", b, b'\r\nContent-Type: text/html; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", _qp(html),
+            b"\r\n--", b, b"--\r\n",
+        ]
+        return b"".join(parts)
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable with CRLF line ends: 7-bit safe through any relay."""
+    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
 
 
 def bare_address(value: str) -> str:

@@ -18,6 +18,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from html.parser import HTMLParser
+from itertools import islice
 
 import mailparser
 from mailparser_reply import EmailMessage
@@ -28,10 +29,10 @@ from .errors import InvalidInput
 __all__ = [
     "Command",
     "Reply",
-    "parse_reply",
     "extract_text",
     "html_to_text",
     "parse_commands",
+    "parse_reply",
 ]
 
 
@@ -64,15 +65,17 @@ class Reply:
 MAX_RAW_BYTES = 25 * 1024 * 1024  # typical SMTP size limit; the tail of a bigger blob is ignored
 MAX_MULTIPARTS = 200  # more multipart declarations than this: MIME bomb, parse headers only
 MAX_PARTS = 1000  # parts visited when looking for the body
-MAX_TEXT_CHARS = 200_000  # body text searched for quotes; an update is never this long
+MAX_TEXT_CHARS = 100_000  # body text searched for quotes; an update is never this long
+MAX_LIBRARY_HEADER_BYTES = 64 * 1024  # mail-parser decodes every header eagerly, in O(n^2)
 MAX_HTML_CHARS = 2_000_000
-_PROBE_CHARS = 200  # an attribution line is short; longer lines cannot be one (and cost regex time)
+_PROBE_CHARS = 160  # an attribution line is short; longer lines cannot be one (and cost regex time)
 _HEADER_CHARS = 2000
 
 # --- text hygiene ---
 
-# C0 controls except \t and \n, DEL, and lone surrogates (they cannot be stored as UTF-8).
-_TEXT_JUNK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+# C0 controls except \t and \n, DEL, lone surrogates (they cannot be stored as UTF-8) and
+# the byte-order mark some clients put in front of the text.
+_TEXT_JUNK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff\ufeff]")
 # In single-line values every kind of line break and control becomes one space.
 _HEADER_JUNK = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
 _SPACES = re.compile(r"[ \t\u00a0\u2007\u202f]+")
@@ -184,7 +187,9 @@ def _header(msg: Message | None, name: str) -> str:
     return values[0] if values else ""
 
 
-_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+$")
+_ADDRESS = re.compile(
+    r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+@[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+$"
+)
 _ANGLE_ADDRESS = re.compile(r"<\s*([^<>\s@]{1,64}@[^<>\s@]{1,255})\s*>")
 _ADDRESS_LEFT = re.compile(r"[^<>\s\"',;:@()]{1,64}$")
 _ADDRESS_RIGHT = re.compile(r"[^<>\s\"',;:@()]{1,255}")
@@ -254,18 +259,21 @@ _MULTIPART = re.compile(rb"multipart/", re.I)
 
 def _too_nested(data: bytes) -> bool:
     """True for a MIME bomb: the email parser recurses once per multipart level."""
-    count = 0
-    for _ in _MULTIPART.finditer(data):
-        count += 1
-        if count > MAX_MULTIPARTS:
-            return True
-    return False
+    # Stops scanning at the first declaration past the limit.
+    return next(islice(_MULTIPART.finditer(data), MAX_MULTIPARTS, None), None) is not None
+
+
+def _header_block_size(data: bytes) -> int:
+    m = re.search(rb"\r?\n\r?\n", data)
+    return m.start() if m else len(data)
 
 
 def _parse_message(data: bytes) -> tuple[Message | None, bool]:
     """(message, headers_only): mail-parser first, then the stdlib, then headers only."""
     if not _too_nested(data):
         try:
+            if _header_block_size(data) > MAX_LIBRARY_HEADER_BYTES:
+                raise ValueError("headers too large for mail-parser")  # straight to the stdlib
             parsed = mailparser.parse_from_bytes(data)
             if parsed.message is not None:
                 return parsed.message, False
@@ -316,7 +324,10 @@ def _part_text(part: Message) -> str:
     if not isinstance(payload, bytes):
         raw = part.get_payload() if not part.is_multipart() else ""
         payload = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-    text = _clean_text(_decode_bytes(payload, _param(part, "charset") or None))
+    text = _decode_bytes(payload, _param(part, "charset") or None)
+    # Only the start of a body is ever searched; later steps need not see megabytes.
+    limit = MAX_HTML_CHARS if _content_type(part) == "text/html" else 2 * MAX_TEXT_CHARS
+    text = _clean_text(text[:limit])
     if _content_type(part) == "text/plain" and _param(part, "format") == "flowed":
         text = _unflow(text, delsp=_param(part, "delsp") == "yes")
     return text
@@ -344,8 +355,9 @@ def _body_texts(msg: Message) -> tuple[str, str]:
             # Boundary never found: the parser left the body as one string. Keep it as
             # text rather than lose the reply.
             if isinstance(payload, str):
-                plain.append(_clean_text(_decode_bytes(
-                    payload.encode("utf-8", "surrogateescape"), _param(part, "charset") or None)))
+                raw = payload.encode("utf-8", "surrogateescape")
+                text = _decode_bytes(raw, _param(part, "charset") or None)
+                plain.append(_clean_text(text[: 2 * MAX_TEXT_CHARS]))
             continue
         if ctype == "text/plain":
             plain.append(_part_text(part))
@@ -407,24 +419,26 @@ def _classify(
             return True, False, _one_line(f"Auto-Submitted: {token}", 200)
     # Vacation responders that predate RFC 3834. X-Auto-Response-Suppress is deliberately
     # absent: it is set by senders asking *others* not to auto-reply.
-    for name in ("x-autoreply", "x-autorespond", "x-autoreply-from", "x-mail-autoreply"):
-        for value in _raw_header_values(msg, name):
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoreply-From", "X-Mail-Autoreply"):
+        for value in _raw_header_values(msg, name.lower()):
             if value.strip().lower() not in ("no", "false", "0"):
-                canonical = {
-                    "x-autoreply": "X-Autoreply",
-                    "x-autorespond": "X-Autorespond",
-                    "x-autoreply-from": "X-Autoreply-From",
-                    "x-mail-autoreply": "X-Mail-Autoreply",
-                }[name]
-                return True, False, _one_line(f"{canonical}: {value.strip()}", 200)
+                return True, False, _one_line(f"{name}: {value.strip()}", 200)
     for value in _raw_header_values(msg, "precedence"):
         token = value.split(";", 1)[0].strip().lower()
         if token in ("bulk", "junk", "auto_reply"):  # not "list": people reply through lists
             return True, False, f"Precedence: {token}"
     if ctype == "multipart/report":  # read receipts (disposition-notification) and the like
-        return True, False, _one_line(f"Content-Type: multipart/report; report-type={report_type}", 200)
-    if envelope_from is not None and envelope_from.strip() in ("", "<>"):
-        return True, False, "empty envelope sender (MAIL FROM:<>)"
+        return (
+            True,
+            False,
+            _one_line(f"Content-Type: multipart/report; report-type={report_type}", 200),
+        )
+    if envelope_from is not None:
+        if envelope_from.strip() in ("", "<>"):
+            return True, False, "empty envelope sender (MAIL FROM:<>)"
+    elif any(v.strip() == "<>" for v in _raw_header_values(msg, "return-path")):
+        # Read back from a mailbox: the delivering MTA recorded the empty envelope sender here.
+        return True, False, "Return-Path: <>"
     return False, False, ""
 
 
@@ -509,8 +523,12 @@ _HTML_VOID = {
     "source", "track", "wbr",
 }  # fmt: skip
 # Outlook (web, new, Mac) starts the quoted history with these ids: everything after is history.
-_HTML_STOP_IDS = ("divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container",
-                  "stopspelling")  # fmt: skip
+_HTML_STOP_IDS = (
+    "divrplyfwdmsg",
+    "appendonsend",
+    "mail-editor-reference-message-container",
+    "stopspelling",
+)
 
 
 class _HTMLText(HTMLParser):
@@ -622,7 +640,19 @@ def html_to_text(html_text: str) -> str:
 # From/Sent blocks, "-----Original Message-----"). Only languages whose from-block
 # keywords cannot be mistaken for an English update line (pl accepts one "Data:" line).
 _REPLY_LANGUAGES = ["en", "fr", "de", "es", "it", "nl"]
-_LIBRARY_HEADER = EmailMessage(text="", languages=list(_REPLY_LANGUAGES)).HEADER_REGEX
+
+
+def _library_header_regex() -> re.Pattern[str] | None:
+    # HEADER_REGEX is a property of the library's message class, not a documented function:
+    # if a release renames it, the own rules below still cover every client we test.
+    try:
+        pattern = EmailMessage(text="", languages=list(_REPLY_LANGUAGES)).HEADER_REGEX
+    except Exception:
+        return None
+    return pattern if isinstance(pattern, re.Pattern) else None
+
+
+_LIBRARY_HEADER = _library_header_regex()
 
 _LIBRARY_ATTRIBUTION_START = re.compile(r"^[>\s]*(?:On|Le|Am|El|Il|Op)\s", re.I)
 _ATTRIBUTION_WORDS = re.compile(r"wrote|écrit|schrieb|escribió|scritto|schreef", re.I)
@@ -677,7 +707,7 @@ def _is_attribution(probe: str) -> bool:
 
 def _library_kind(window: str) -> str | None:
     """Ask mail-parser-reply whether `window` starts with a reply header, and which kind."""
-    m = _LIBRARY_HEADER.match(window)
+    m = _LIBRARY_HEADER.match(window) if _LIBRARY_HEADER is not None else None
     if not m or not m.group(0).strip():
         return None
     found = m.group(0)
@@ -762,7 +792,7 @@ def _extract(body: str) -> str:
     own = _tidy(lines.unquoted(0, cut[0] if cut else lines.count))
     if own or cut is None:
         return own
-    index, kind, end = cut
+    _, kind, end = cut
     # Nothing above the history: the sender may have answered below or between the quotes
     # (Thunderbird's default). That only holds when the attribution introduces "> " lines.
     if kind != _ATTRIBUTION_KIND:
@@ -807,7 +837,7 @@ _DURATION_PART = re.compile(
 
 
 def _compact_duration(value: str) -> str:
-    """"1 hour 30 min" -> "1h30m": the one spelling clock.parse_duration reads reliably."""
+    """Turn "1 hour 30 min" into "1h30m", the one spelling clock.parse_duration reads reliably."""
     compact = _DURATION_PART.sub(lambda m: m.group(1) + m.group(2)[0].lower(), value.strip())
     return re.sub(r"\s+", "", compact).lower()
 
@@ -863,6 +893,7 @@ def _command_values(name: str, value: str) -> list[str] | None:
 
 def _parse_command_line(line: str) -> list[Command] | None:
     """The commands on one line, or None when the line is not a (valid) command."""
+    line = _INVISIBLE.sub("", line)  # a zero-width space must not hide a command
     bare = _norm_words(line).rstrip(".!").strip()
     if bare in ("send now", "resolved"):
         return [Command(bare, "")]
@@ -916,8 +947,11 @@ def _parse_reply(raw: bytes, envelope_from: str | None) -> Reply:
         body = _clean_text(data.decode("utf-8", errors="replace"))
     elif headers_only:
         payload = msg.get_payload()
-        body = _clean_text(_decode_bytes(payload.encode("utf-8", "surrogateescape"), "utf-8")
-                           if isinstance(payload, str) else "")  # fmt: skip
+        body = _clean_text(
+            _decode_bytes(payload.encode("utf-8", "surrogateescape"), "utf-8")
+            if isinstance(payload, str)
+            else ""
+        )
     else:
         plain, html_body = _body_texts(msg)
         body = plain if plain.strip() else html_to_text(html_body)

@@ -136,11 +136,28 @@ def _handover(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     return True
 
 
+def _postmortem(app: Mailflow, incident: Incident, due: Due, now: datetime) -> bool:
+    if incident.postmortem_done or not incident.lead:
+        return False
+    lead = inc.add_recipient(app, incident, incident.lead, "as the incident lead", now)
+    inc.communicate(app, incident, "notice", now, to=[lead], marks_sent=False,
+                    title=f"The postmortem of {incident.ref} is not done yet",
+                    paragraphs=[
+                        f"{incident.ref} was resolved two working days ago and its postmortem "
+                        "has not been marked done.",
+                        f"Write it from the draft (`mailflow postmortem {incident.ref} --out "
+                        f"{incident.ref}.md`), then `mailflow postmortem {incident.ref} --done`.",
+                    ])
+    inc.log(incident, now, "reminder", f"reminded {incident.lead} of the postmortem", "mailflow")
+    return True
+
+
 HANDLERS: dict[str, Callable[[Mailflow, Incident, Due, datetime], bool]] = {
     "reminder": _reminder,
     "mark": _mark,
     "escalate": _escalate,
     "handover": _handover,
+    "postmortem": _postmortem,
 }
 
 

@@ -55,7 +55,10 @@ def test_the_readme_transcript_over_smtp(project: Path, sink: Sink, tmp_path: Pa
     assert {"at", "kind", "author", "text"} == set(shown["timeline"][-1])
     ana = next(r for r in shown["recipients"] if r["email"] == "ana@example.org")
     assert [(m["kind"], m["status"]) for m in ana["messages"]] == [
-        ("start", "sent"), ("update", "sent"), ("solved", "sent")]
+        ("start", "sent"), ("update", "sent"), ("solved", "sent"), ("notice", "sent")]
+    postmortem = run(project, "postmortem", "INC-1").stdout
+    assert postmortem.startswith("# Postmortem: [INC-1]") and "## Timeline" in postmortem
+    assert "postmortem marked done" in run(project, "postmortem", "INC-1", "--done").stdout
     out = tmp_path / "update.html"
     assert run(project, "preview", "INC-1", "--kind", "update", "--out", str(out)).exit_code == 0
     assert "Index is corrupt; rebuilding" in out.read_text()

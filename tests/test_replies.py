@@ -233,6 +233,8 @@ def _message(headers: str, body: str = "Hello\n") -> bytes:
         ("", "<>", True, "empty envelope sender (MAIL FROM:<>)"),
         ("", "ana@example.org", False, ""),
         ("", None, False, ""),
+        ("Return-Path: <>\n", None, True, "Return-Path: <>"),
+        ("Return-Path: <>\n", "ana@example.org", False, ""),  # the SMTP envelope wins
     ],
 )  # fmt: skip
 def test_auto_reply_headers(headers: str, envelope: str | None, auto: bool, reason: str) -> None:
@@ -359,11 +361,11 @@ def test_html_to_text() -> None:
         "<html><head><title>T</title><style>p{color:red}</style></head><body>"
         "<script>alert('x')</script><div>One &amp; <b>two</b></div><div><br></div>"
         "<div>caf&eacute;&nbsp;ok</div><p>para</p><ul><li>a</li><li> b</li></ul>"
-        "<div class=\"gmail_quote\">On x wrote:<blockquote>old</blockquote></div>"
+        '<div class="gmail_quote">On x wrote:<blockquote>old</blockquote></div>'
         "</body></html>"
     )
     assert html_to_text(html) == "One & two\n\ncafé ok\npara\n- a\n- b"
-    assert html_to_text("<p>keep</p><div id=\"appendonsend\"></div><p>history</p>") == "keep"
+    assert html_to_text('<p>keep</p><div id="appendonsend"></div><p>history</p>') == "keep"
     assert html_to_text("<p>unclosed <script>var x = 1;") == "unclosed"
     assert html_to_text("<<<>>><!--x--><![CDATA[y]]></p></div>&bogus;") == "<<<>>>\n&bogus;"
 
@@ -429,6 +431,12 @@ def test_command_values(line: str, command: Command) -> None:
 )
 def test_invalid_or_unknown_commands_stay_in_the_text(text: str) -> None:
     assert parse_commands(text) == ((), text)
+
+
+def test_invisible_characters_do_not_hide_commands() -> None:
+    commands, rest = parse_commands("\ufeffseverity: P2\n\u200bsend now\nok")
+    assert commands == (Command("severity", "P2"), Command("send now", ""))
+    assert rest == "ok"
 
 
 def test_parsing_stops_at_the_first_non_command_line() -> None:
@@ -523,9 +531,12 @@ def test_from_with_a_bare_address_and_comment() -> None:
 )
 def test_lying_charsets(charset: str, payload: bytes, text: str) -> None:
     raw = (
-        b"From: a@example.org\nSubject: x\nContent-Type: text/plain; charset=" + charset.encode()
-        + b"\nContent-Transfer-Encoding: 8bit\n\n" + payload + b"\n"
-    )  # fmt: skip
+        b"From: a@example.org\nSubject: x\nContent-Type: text/plain; charset="
+        + charset.encode()
+        + b"\nContent-Transfer-Encoding: 8bit\n\n"
+        + payload
+        + b"\n"
+    )
     reply = parse_reply(raw)
     assert_clean(reply)
     assert reply.text == text
@@ -561,9 +572,7 @@ def test_long_attribution_like_lines_are_cheap() -> None:
 
 # ---------------------------------------------------------------- properties
 
-_FAST = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)  # fmt: skip
+_FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_FAST
@@ -573,9 +582,18 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
 
 
 _HEADER_NAMES = st.sampled_from(
-    ["From", "Subject", "Message-ID", "Content-Type", "Content-Transfer-Encoding",
-     "Auto-Submitted", "Precedence", "X-Failed-Recipients", "Content-Disposition"]
-)  # fmt: skip
+    [
+        "From",
+        "Subject",
+        "Message-ID",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Auto-Submitted",
+        "Precedence",
+        "X-Failed-Recipients",
+        "Content-Disposition",
+    ]
+)
 
 
 @_FAST
@@ -594,8 +612,16 @@ def test_arbitrary_header_values_never_raise(
     assert_clean(parse_reply(raw + b"\r\n" + body, envelope_from=envelope))
 
 
-_OWN_WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,\n",
-                     min_size=1, max_size=200).filter(lambda s: re.search(r"[A-Za-z]", s))  # fmt: skip
+@_FAST
+@given(st.text(max_size=500))
+def test_text_functions_never_raise(text: str) -> None:
+    for out in (extract_text(text), html_to_text(text), parse_commands(text)[1]):
+        assert "\r" not in out and not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", out)
+
+
+_OWN_WORDS = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,\n", min_size=1, max_size=200
+).filter(lambda s: re.search(r"[A-Za-z]", s))
 _ATTRIBUTION = "\n\nOn Mon, 1 Jan 2026 at 10:00, X <x@example.org> wrote:\n> "
 
 

@@ -111,7 +111,7 @@ def test_resolving_cancels_everything_pending(app: Mailflow, sink: Sink) -> None
     sink.clear()
     tick(app, at(days=2))
     assert sink.received == []
-    assert Due.select().where(Due.done_at.is_null()).count() == 0
+    assert [d.kind for d in Due.select().where(Due.done_at.is_null())] == ["postmortem"]
 
 
 def test_next_update_and_severity_move_the_mark(app: Mailflow, sink: Sink) -> None:
@@ -125,3 +125,37 @@ def test_next_update_and_severity_move_the_mark(app: Mailflow, sink: Sink) -> No
     updates = [r for r in sink.received if r.message["X-Mailflow-Kind"] == "update"]
     assert updates, "the update went out at the moved mark"
     assert "P0 (critical" in " ".join(highlighted(html_of(updates[0].message), ORANGE))
+
+
+def test_postmortem_draft_goes_to_the_lead_and_is_reminded_after_two_working_days(
+        app: Mailflow, sink: Sink) -> None:
+    from datetime import datetime, timezone
+
+    friday = datetime(2026, 11, 27, 16, 0, tzinfo=timezone.utc)
+    incident = inc.declare(app, friday - timedelta(hours=1), service="learn", severity="P2",
+                           impact="degraded", summary="Slow logins", lead="bob@example.org")
+    inc.resolve(app, incident, friday, "Tuned the pool", "bob@example.org")
+    app.deliver_now(friday)
+    [draft] = [r for r in sink.received if r.message["X-Mailflow-Kind"] == "notice"]
+    assert draft.rcpt_tos == ["bob@example.org"]
+    body = text_of(draft.message)
+    assert "# Postmortem: [INC-1]" in body and "## Root cause identification" in body
+    sink.clear()
+    tick(app, datetime(2026, 12, 1, 15, 59, tzinfo=timezone.utc))  # Mon, Tue: not yet
+    assert sink.received == []
+    tick(app, datetime(2026, 12, 1, 16, 0, tzinfo=timezone.utc))
+    [reminder] = sink.received
+    assert reminder.rcpt_tos == ["bob@example.org"]
+    assert "not been marked done" in text_of(reminder.message)
+
+
+def test_no_postmortem_reminder_once_done(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app, impacted=[])
+    inc.resolve(app, incident, at(hours=1), "Fixed", "ana@example.org")
+    fresh = Incident.get_by_id(incident.id)
+    fresh.postmortem_done = True
+    fresh.save()
+    app.deliver_now(at(hours=1))
+    sink.clear()
+    tick(app, at(days=7))
+    assert sink.received == []
