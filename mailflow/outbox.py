@@ -14,7 +14,7 @@ import sqlite3
 import logging
 import mailbox
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -169,6 +169,8 @@ class Outbox:
         self.db = db
         self.retry_for = retry_for
         self._marks: sqlite3.Connection | None = None
+        # Called inside the failure's transaction: the app tells the incident lead.
+        self.on_failure: Callable[[OutMessage, str, datetime], None] | None = None
 
     def _mark_sent(self, msg: OutMessage, now: datetime) -> None:
         """Record one delivery, on a connection of its own that commits without fsync.
@@ -258,7 +260,8 @@ class Outbox:
     def _retry(self, msg: OutMessage, now: datetime, error: str, report: Report,
                quiet: bool = False) -> None:
         if now - msg.created_at >= self.retry_for:
-            self._failed(msg, now, f"gave up after {self.retry_for}: {error}", report)
+            self._failed(msg, now, f"gave up after {format_duration(self.retry_for)}: {error}",
+                         report, permanent=False)
             return
         delay = BACKOFF[min(msg.attempts, len(BACKOFF) - 1)]
         with self.db.atomic():
@@ -270,16 +273,22 @@ class Outbox:
             report.errors.append(f"{error} (retry in {format_duration(delay)})")
             log.warning("delivery to %s deferred: %s", msg.recipient, error)
 
-    def _failed(self, msg: OutMessage, now: datetime, error: str, report: Report) -> None:
+    def _failed(self, msg: OutMessage, now: datetime, error: str, report: Report,
+                permanent: bool = True) -> None:
         with self.db.atomic():
             OutMessage.update(status="failed", claimed_until=None, attempts=msg.attempts + 1,
                               last_error=error).where(OutMessage.id == msg.id).execute()
             if msg.incident_id is not None:
-                Recipient.update(status="failed", last_error=error).where(
+                # A 5xx (no such user) stops further mail to that address; giving up after
+                # an outage does not: the next communication tries them again.
+                Recipient.update(status="failed" if permanent else "active",
+                                 last_error=error).where(
                     (Recipient.incident == msg.incident_id) & (Recipient.email == msg.recipient)
                 ).execute()
                 Entry.create(incident=msg.incident_id, at=now, kind="failure", author="mailflow",
                              text=f"{msg.kind} email to {msg.recipient} failed: {error}")
+                if self.on_failure is not None:
+                    self.on_failure(msg, error, now)
         report.failed += 1
         report.errors.append(f"{msg.recipient}: {error}")
         log.error("delivery to %s failed permanently: %s", msg.recipient, error)
