@@ -1,6 +1,6 @@
 """Inbound replies benchmark: the real `mailflow serve` daemon under concurrent replies.
 
-    python bench/replies.py [--senders 50] [--replies 20]
+    python bench/replies.py [--senders 50] [--replies 20] [--repeat 3] [--dir DIR]
 
 A temp project with one declared incident (INC-1, start email written to a Maildir). Two
 servers get the same load, each in its own process:
@@ -18,18 +18,23 @@ connection per reply (connect, EHLO, MAIL, RCPT to the incident's signed address
 The replies come from the contacts (Bob, Ana, Chloe, Dan, Eve) and carry a short update line,
 a unique Message-ID and a quoted copy of the incident email below "On … wrote:". They are
 built and checked with `parse_reply` before timing. One warm-up reply per server is not timed.
+Both servers run side by side and the load alternates between them, --repeat times (fresh
+Message-IDs each time), so a busy moment of the machine hits both alike.
 
-Printed per server: replies/s (accepted replies / wall time from the start of the load to the
-last QUIT) and the p50 / p99 accept latency (connect → the 250 answer to DATA, ms); then
-mailflow/sink for the rate (1.0 = mailflow's processing costs nothing next to SMTP; the
-daemon handles DATA on one event loop, so its rate is bounded by 1 / (parse + fsynced commit))
-and for the latencies. With S concurrent senders, p50 latency ≈ S / rate when the server is
-the bottleneck.
+Printed per run, then as medians over the runs, per server: replies/s (accepted replies /
+wall time from the start of the load to the last QUIT) and the p50 / p99 accept latency
+(connect → the 250 answer to DATA, ms); then mailflow/sink for the rate and the latencies.
+A rate ratio of 1.0 would mean mailflow's processing costs nothing next to SMTP; the daemon
+handles DATA on one event loop, so its rate is bounded by 1 / (parse + fsynced commit + the
+tick a posted reply wakes). With S concurrent senders, p50 latency ≈ S / rate once the server
+is the bottleneck. The timeline grows by senders x replies per run: a mailflow rate that falls
+from run to run means some per-reply work grows with the timeline.
 
-Then it checks the result: the daemon is stopped with SIGTERM and must exit 0; every reply
-answered 250 must be in the incident's timeline exactly once (Entry kind='update', found by
-the reference each body carries, and the update count must equal the accepted count), and
-every reply must have been accepted, by both servers. Exit status 1 otherwise.
+Then it checks the result: the daemon is stopped with SIGTERM and must exit 0 with no ERROR
+or traceback in its log; every reply answered 250 must be in the incident's timeline exactly
+once (Entry kind='update', found by the reference each body carries; the update count and the
+stored raw replies must equal the accepted count); and every reply must have been accepted,
+by both servers. Exit status 1 otherwise.
 
 The database is a real SQLite file (WAL, synchronous=FULL) in a temp folder; --dir puts that
 folder elsewhere (fsync cost depends on the disk). Not a test: run by hand from the
@@ -238,6 +243,12 @@ class DaemonProcess:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
+    def errors(self) -> list[str]:
+        """Log lines at ERROR or CRITICAL, and tracebacks."""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return [line for line in text.splitlines()
+                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
+
     def stop(self) -> int:
         """SIGTERM, then wait (it finishes the transaction in flight); returns its exit code."""
         if self.proc.poll() is None:
@@ -430,6 +441,9 @@ def main() -> None:
         if code != 0:
             problems.append(f"the daemon exited {code} after SIGTERM (expected 0):\n"
                             f"{daemon.log_tail() if daemon else ''}")
+        elif daemon is not None and daemon.errors():
+            problems.append("the daemon logged errors:\n" + "\n".join(
+                "    " + e for e in daemon.errors()[:15]))
         problems += check_timeline(config, [x for r in runs for x in r.accepted], warmup.ref)
 
     med = statistics.median

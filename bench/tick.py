@@ -295,6 +295,7 @@ def main() -> None:
             built.append(size)
             print(f"  built {n:>7} incidents in {size.build_s:5.1f} s: {size.due_rows:>6} Due "
                   f"rows ({size.pending} pending), {size.mib:.1f} MiB", flush=True)
+        built[-1].use()
         sql, plan = query_plan(built[-1].app)
         for size in built:  # warm-up: caches, the renderer, the templates
             idle_ticks(size, 10, keep=False)

@@ -142,6 +142,7 @@ class OutMessage(BaseModel):
     created_at = UTCDateTimeField()
     next_attempt_at = UTCDateTimeField()
     claimed_until = UTCDateTimeField(null=True)  # a sender holds it; expires if that sender died
+    claimed_by = IntegerField(null=True)  # the sender's PID: a dead sender's claim is void at once
     attempts = IntegerField(default=0)
     status = CharField(default="queued")  # queued | sending | sent | failed
     sent_at = UTCDateTimeField(null=True)

@@ -162,6 +162,17 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process still exists (a crashed sender's claims can be taken over at once)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Outbox:
     """Queue, claim and deliver outgoing mail."""
 
@@ -208,9 +219,11 @@ class Outbox:
             & (earlier.status.in_(("queued", "sending")))
         )
         with self.db.atomic("IMMEDIATE"):
+            dead = [pid for pid in self._claimants() if not _alive(pid)]
             due = (
                 (OutMessage.status == "queued") & (OutMessage.next_attempt_at <= now)
-            ) | ((OutMessage.status == "sending") & (OutMessage.claimed_until <= now))
+            ) | ((OutMessage.status == "sending") & (
+                (OutMessage.claimed_until <= now) | OutMessage.claimed_by.in_(dead)))
             rows = list(
                 OutMessage.select()
                 .where(due & ~fn.EXISTS(blocked))
@@ -218,10 +231,16 @@ class Outbox:
                 .limit(limit)
             )
             if rows:
-                OutMessage.update(status="sending", claimed_until=now + LEASE).where(
+                OutMessage.update(status="sending", claimed_until=now + LEASE,
+                                  claimed_by=os.getpid()).where(
                     OutMessage.id.in_([r.id for r in rows])
                 ).execute()
         return rows
+
+    def _claimants(self) -> list[int]:
+        rows = (OutMessage.select(OutMessage.claimed_by).distinct()
+                .where((OutMessage.status == "sending") & OutMessage.claimed_by.is_null(False)))
+        return [r.claimed_by for r in rows if r.claimed_by != os.getpid()]
 
     async def deliver(self, transport: Transport, now: datetime, concurrency: int = 1,
                       transports: Sequence[Transport] = ()) -> Report:

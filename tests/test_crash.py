@@ -1,0 +1,33 @@
+"""kill -9 the daemon while replies arrive and an update fans out: nothing lost or doubled.
+
+Bound (documented in the README): an email may reach the relay twice only if the daemon
+died after the relay took it and before the `sent` mark was written: at most one message
+per crash with the default concurrency of 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailflow.testing import Sink, run_crash_scenario
+
+from .conftest import write_config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_loses_nothing(tmp_path: Path, sink: Sink, seed: int) -> None:
+    config = write_config(tmp_path, sink.port)
+    report = run_crash_scenario(tmp_path, config, sink, senders=4, replies_each=40,
+                                recipients=200, crashes=3, seed=seed)
+    print(report.line())
+    assert report.crashes == 3
+    assert report.replies_acked == report.replies_sent, "the senders retried until acked"
+    assert report.acked_missing == [], "every 250 is in the timeline"
+    assert report.posted_twice == [], "and only once"
+    assert report.replies_found == report.replies_sent
+    assert report.emails_missing == 0, "every queued email reached the relay"
+    assert report.emails_queued > 200, "the start and the update fanned out"
+    assert report.emails_duplicated <= report.crashes
