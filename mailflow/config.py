@@ -44,6 +44,11 @@ retry_for = "1d"                 # give up on a temporarily failing email after 
 host = "127.0.0.1"               # replies come in here; keep it on loopback behind your MTA
 port = 8025
 max_size = 10485760              # bytes; bigger replies get 552
+# tls_cert = "cert.pem"          # with tls_key: STARTTLS is offered
+# tls_key = "key.pem"
+# require_tls = false            # true: no mail before STARTTLS
+# username = "mta"               # with password: senders must AUTH (over TLS)
+# password = "..."
 
 [cadence]
 update_every = {{P0 = "30m", P1 = "1h", P2 = "4h", P3 = "1d"}}
@@ -74,6 +79,11 @@ class Inbound:
     host: str = "127.0.0.1"
     port: int = 8025
     max_size: int = 10 * 1024 * 1024
+    tls_cert: Path | None = None  # with tls_key: STARTTLS is offered
+    tls_key: Path | None = None
+    require_tls: bool = False  # refuse mail before STARTTLS
+    username: str = ""  # with password: AUTH (over TLS) is required
+    password: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "mail
         "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for"}
-_IN = {"host", "port", "max_size"}
+_IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
 
 
@@ -242,6 +252,23 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if max_size < 1024:
         raise fail("inbound.max_size", "must be at least 1024 bytes")
     templates = data.get("templates")
+    tls = {}
+    for key in ("tls_cert", "tls_key"):
+        value = get(inb, key, str, "", "inbound.")
+        tls[key] = (base / value).resolve() if value else None
+        if tls[key] is not None and not tls[key].is_file():
+            raise fail(f"inbound.{key}", f"{tls[key]} is not a readable file")
+    tls_cert, tls_key = tls["tls_cert"], tls["tls_key"]
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("inbound.tls_cert", "set both tls_cert and tls_key, or neither")
+    if get(inb, "require_tls", bool, False, "inbound.") and tls_cert is None:
+        raise fail("inbound.require_tls", "needs tls_cert and tls_key")
+    if bool(inb.get("username")) != bool(inb.get("password")):
+        raise fail("inbound.username", "set both username and password, or neither")
+    if inb.get("username") and tls_cert is None and \
+            inb.get("host", "127.0.0.1") not in ("127.0.0.1", "::1", "localhost"):
+        raise fail("inbound.username", "a password would cross the network in clear: "
+                                       "set tls_cert and tls_key too")
     until_raw = get(data, "previous_secret_until", (str, datetime), "")
     try:
         until = parse_time(until_raw) if isinstance(until_raw, str) and until_raw else \
@@ -275,6 +302,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             host=get(inb, "host", str, "127.0.0.1", "inbound."),
             port=port_in,
             max_size=max_size,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            require_tls=get(inb, "require_tls", bool, False, "inbound."),
+            username=get(inb, "username", str, "", "inbound."),
+            password=get(inb, "password", str, "", "inbound."),
         ),
         cadence=Cadence(
             update_every=update_every,

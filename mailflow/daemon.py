@@ -16,12 +16,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 import schedule
-from aiosmtpd.smtp import SMTP
 
 from . import clock
 from .app import Mailflow
 from .errors import MailflowError
-from .inbound import InboundHandler
+from .inbound import InboundHandler, make_protocol
 from .scheduler import run_due
 
 log = logging.getLogger(__name__)
@@ -98,11 +97,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         cfg = self.app.config
         handler = InboundHandler(self.app, self.now, on_posted=self._wake.set)
-        server = await loop.create_server(
-            lambda: SMTP(handler, data_size_limit=cfg.inbound.max_size,
-                         hostname=cfg.reply_domain, ident="mailflow", enable_SMTPUTF8=True),
-            cfg.inbound.host, cfg.inbound.port,
-        )
+        server = await loop.create_server(lambda: make_protocol(self.app, handler),
+                                          cfg.inbound.host, cfg.inbound.port)
         self.port = server.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

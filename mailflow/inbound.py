@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
+import ssl
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from . import clock
 from .models import Incident
@@ -19,6 +21,29 @@ if TYPE_CHECKING:
     from .app import Mailflow
 
 log = logging.getLogger(__name__)
+
+
+def make_protocol(app: Mailflow, handler: InboundHandler) -> SMTP:
+    """The aiosmtpd protocol for one connection, with [inbound]'s size, TLS and AUTH."""
+    cfg = app.config.inbound
+    tls_context = None
+    if cfg.tls_cert and cfg.tls_key:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    authenticator = None
+    if cfg.username:
+        def authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                          auth_data: Any) -> AuthResult:
+            ok = isinstance(auth_data, LoginPassword) and hmac.compare_digest(
+                auth_data.login, cfg.username.encode()) and hmac.compare_digest(
+                auth_data.password, cfg.password.encode())
+            return AuthResult(success=ok, handled=False)
+    return SMTP(handler, data_size_limit=cfg.max_size, hostname=app.config.reply_domain,
+                ident="mailflow", enable_SMTPUTF8=True, tls_context=tls_context,
+                require_starttls=cfg.require_tls, authenticator=authenticator,
+                auth_required=bool(cfg.username),
+                # AUTH without TLS is only accepted by the config on loopback (config.py).
+                auth_require_tls=tls_context is not None)
 
 
 class InboundHandler:

@@ -12,6 +12,7 @@ import binascii
 import codecs
 import email.utils
 import html
+import io
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -218,28 +219,54 @@ def _bare_address(value: str) -> str:
     return value if _ADDRESS.match(value) and len(value) <= 320 else ""
 
 
+_QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+
+
+def _masked(raw: str) -> str:
+    """`raw` with encoded words, quoted strings and comments blanked out, same length.
+
+    What is left is where the mailbox can be: an address inside a display name, a comment
+    or an encoded word (`=?utf-8?q?Bob=0D=0Aboss@x?= <bob@x>`) is never the sender.
+    """
+    masked = _ENCODED_WORD.sub(lambda m: "x" * len(m.group(0)), raw)
+    masked = _QUOTED_STRING.sub(lambda m: "x" * len(m.group(0)), masked)
+    for _ in range(3):  # nested comments, innermost first
+        masked = _COMMENT.sub(lambda m: "x" * len(m.group(0)), masked)
+    return masked
+
+
 def _parse_from(raw: str) -> tuple[str, str]:
     """(display name, address) from a raw From value.
 
-    The address is taken before RFC 2047 decoding, so an encoded display name such as
-    `=?utf-8?q?boss@example.org?= <x@evil>` cannot pose as another address.
+    The address is taken before RFC 2047 decoding and outside quoted strings, comments and
+    encoded words, so a display name such as `=?utf-8?q?boss@example.org?= <x@evil>` or
+    `boss@example.org <x@evil>` cannot pose as another address: the `<mailbox>` decides.
     """
     raw = raw[:_HEADER_CHARS]  # a real From is short; the address parser is not linear
+    masked = _masked(raw)
+    m = _ANGLE_ADDRESS.search(masked)
+    if m and _bare_address(m.group(1)):
+        name = raw[: m.start()].strip()
+        if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
+            name = email.utils.unquote(name)
+        return _display_name(name), _bare_address(m.group(1))
     try:
         pairs = email.utils.getaddresses([raw])
     except Exception:
         pairs = []
+    visible = masked.lower()
     for name, addr in pairs:
         address = _bare_address(addr)
-        if address and "=?" not in address:  # an encoded word is a name, never an address
+        if address and address in visible:  # `ana@x (Ana)`; not an address in a name
             if not name.strip():
-                found = _address_in_text(raw)
+                found = _address_in_text(masked)
                 name = raw[: found[1]] if found and found[0].lower() == address else ""
             return _display_name(name), address
-    found = _address_in_text(raw)
+    found = _address_in_text(masked)
     if found and _bare_address(found[0]):
         return _display_name(raw[: found[1]]), _bare_address(found[0])
-    return (_display_name(raw) if "@" not in raw else ""), ""
+    return (_display_name(raw) if "@" not in masked else ""), ""
 
 
 def _display_name(raw: str) -> str:
@@ -363,6 +390,107 @@ def _body_texts(msg: Message) -> tuple[str, str]:
             plain.append(_part_text(part))
         elif ctype == "text/html":
             htmls.append(_part_text(part))
+    return "\n".join(plain), "\n".join(htmls)
+
+
+def _boundary(part: Message) -> bytes:
+    try:
+        value = part.get_boundary()
+    except Exception:
+        return b""
+    return str(value or "").encode("utf-8", "surrogateescape").rstrip(b" \t")
+
+
+def _flat_body_texts(msg: Message) -> tuple[str, str]:
+    """(plain, html) like `_body_texts`, for a message parsed headers only; no recursion.
+
+    One linear pass over the body: a stack of the open boundaries tells delimiter lines
+    from text, each part's header block is parsed on its own, and only text leaves that are
+    not attachments nor inside a message/* part are kept. At most MAX_PARTS parts are read.
+    """
+    ctype = _content_type(msg)
+    if not ctype.startswith("multipart/"):
+        if ctype == "text/html":
+            return "", _part_text(msg)
+        return (_part_text(msg), "") if ctype == "text/plain" else ("", "")
+    payload = msg.get_payload()
+    data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    stack: list[bytes] = []
+    open_at: dict[bytes, int] = {}  # boundary -> its topmost position in the stack
+    shadowed: list[int | None] = []  # the position a re-used boundary had before
+
+    def push(boundary: bytes) -> None:
+        shadowed.append(open_at.get(boundary))
+        open_at[boundary] = len(stack)
+        stack.append(boundary)
+
+    def pop() -> None:
+        boundary, previous = stack.pop(), shadowed.pop()
+        if previous is None:
+            del open_at[boundary]
+        else:
+            open_at[boundary] = previous
+
+    plain: list[str] = []
+    htmls: list[str] = []
+    head: list[bytes] = []
+    body: list[bytes] = []
+    state = "skip"  # skip (preamble, epilogue, non-text part) | head | text
+    parts = 0
+    top = _boundary(msg)
+    if top:
+        push(top)
+
+    def flush() -> None:
+        if state == "text":
+            leaf = BytesParser(policy=compat32).parsebytes(b"\n".join(head) + b"\n\n" + b"".join(body))
+            text = _part_text(leaf)
+            (htmls if _content_type(leaf) == "text/html" else plain).append(text)
+
+    for line in io.BytesIO(data):
+        bare = line.rstrip(b"\r\n")
+        if bare.startswith(b"--") and stack:
+            name = bare[2:].rstrip(b" \t")
+            level, closing = open_at.get(name), False
+            if level is None and name.endswith(b"--"):
+                level, closing = open_at.get(name[:-2]), True
+            if level is not None:
+                flush()
+                while len(stack) > level + 1:
+                    pop()
+                if closing:
+                    pop()
+                    state = "skip"
+                    continue
+                parts += 1
+                if parts > MAX_PARTS:
+                    state = "skip"
+                    break
+                state, head, body = "head", [], []
+                continue
+        if state == "head":
+            if bare.strip():
+                head.append(bare)
+                continue
+            part = BytesParser(policy=compat32).parsebytes(b"\n".join(head) + b"\n\n",
+                                                          headersonly=True)
+            kind = _content_type(part)
+            if kind.startswith("multipart/"):
+                boundary = _boundary(part)
+                if boundary:
+                    push(boundary)
+                state = "skip"  # its preamble; its parts follow
+            elif kind in ("text/plain", "text/html") and not _is_attachment(part):
+                state = "text"
+            else:
+                state = "skip"  # message/*, attachments, images...
+        elif state == "text":
+            body.append(line)
+    flush()
+    if parts == 0 and isinstance(payload, str):
+        # Boundary never found: keep the body as text, as `_body_texts` does.
+        text = _decode_bytes(data, _param(msg, "charset") or None)
+        plain.append(_clean_text(text[: 2 * MAX_TEXT_CHARS]))
     return "\n".join(plain), "\n".join(htmls)
 
 
@@ -587,6 +715,12 @@ class _HTMLText(HTMLParser):
                 self._emit("- ")
         if tag == "pre":
             self.pre += 1
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _HTML_SKIP:
+            self.handle_endtag(tag)
+        # else: HTML ignores the slash: `<script/>` opens a script running to `</script>`.
 
     def handle_endtag(self, tag: str) -> None:
         if self.stopped:
@@ -945,15 +1079,10 @@ def _parse_reply(raw: bytes, envelope_from: str | None) -> Reply:
     msg, headers_only = _parse_message(data)
     if msg is None:
         body = _clean_text(data.decode("utf-8", errors="replace"))
-    elif headers_only:
-        payload = msg.get_payload()
-        body = _clean_text(
-            _decode_bytes(payload.encode("utf-8", "surrogateescape"), "utf-8")
-            if isinstance(payload, str)
-            else ""
-        )
     else:
-        plain, html_body = _body_texts(msg)
+        # Too nested for the email parser (a MIME bomb): walk the parts flat, never post
+        # the MIME scaffolding (boundaries, part headers) as if the sender wrote it.
+        plain, html_body = _flat_body_texts(msg) if headers_only else _body_texts(msg)
         body = plain if plain.strip() else html_to_text(html_body)
     sender_name, sender = _parse_from(_header(msg, "from"))
     subject = _one_line(_decode_header_words(_header(msg, "subject")))
