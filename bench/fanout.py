@@ -38,9 +38,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import formataddr, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +169,18 @@ def contacts_yaml(n: int) -> str:
     )
 
 
-def make_project(folder: Path, port: int, contacts_text: str) -> Path:
-    """mailflow.toml (relay = the sink, no STARTTLS, default concurrency) + contacts.yaml."""
+CONCURRENCY = [1]  # --concurrency: [outbound] concurrency of the mailflow side
+
+
+def make_project(folder: Path, port: int, contacts_text: str, concurrency: int = 1) -> Path:
+    """mailflow.toml (relay = the sink, no STARTTLS) + contacts.yaml."""
     (folder / "contacts.yaml").write_text(contacts_text, encoding="utf-8")
     path = folder / "mailflow.toml"
     path.write_text(
         'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\n'
         f'from = "{SENDER}"\nreply_to = "{ENVELOPE_FROM}"\nsecret = "bench-secret"\n\n'
-        f'[outbound]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n',
+        f'[outbound]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n'
+        f"concurrency = {concurrency}\n",
         encoding="utf-8",
     )
     return path
@@ -188,7 +189,8 @@ def make_project(folder: Path, port: int, contacts_text: str) -> Path:
 def prepared_incident(folder: Path, port: int, contacts_text: str,
                       contacts: Contacts, sink: Any, n: int) -> tuple[Mailflow, Any, Stats]:
     """An app with an open incident whose start email to N people is already delivered."""
-    app = Mailflow(load_config(make_project(folder, port, contacts_text)), contacts=contacts)
+    app = Mailflow(load_config(make_project(folder, port, contacts_text, CONCURRENCY[0])),
+                   contacts=contacts)
     incident = inc.declare(
         app, T0, service="learn", severity="P1", impact="outage",
         summary="Learn platform returns 502 on every course page",
@@ -205,31 +207,6 @@ def prepared_incident(folder: Path, port: int, contacts_text: str,
 
 
 # --- the two measurements -------------------------------------------------------------------
-
-def _raw_message(i: int, pad: int) -> bytes:
-    """One personalised multipart/alternative message with `pad` characters of body filler."""
-    text_pad = ("lorem ipsum dolor sit amet " * (pad // 54 + 1))[: pad // 2]
-    html_pad = ("<p>lorem ipsum</p> " * (pad // 38 + 1))[: pad - pad // 2]
-    msg = EmailMessage(policy=SMTP_POLICY)
-    msg["From"] = SENDER
-    msg["To"] = formataddr((f"Person {i}", address(i)))
-    msg["Subject"] = "[INC-1] ISC Learn Platform: outage"
-    msg["Message-ID"] = make_msgid(domain="example.org")
-    msg.set_content(f"Hello Person {i},\n\n{text_pad}\n", cte="quoted-printable")
-    msg.add_alternative(f"<p>Hello Person {i},</p>{html_pad}", subtype="html",
-                        cte="quoted-printable")
-    return msg.as_bytes()
-
-
-def build_raw(n: int, size: int) -> list[tuple[str, bytes]]:
-    """N personalised messages of about `size` bytes each (quoted-printable overhead calibrated)."""
-    base = len(_raw_message(0, 0))
-    pad = max(0, size - base)
-    grown = len(_raw_message(0, pad)) - base
-    if grown > 0:
-        pad = int(pad * pad / grown)
-    return [(address(i), _raw_message(i, pad)) for i in range(n)]
-
 
 async def _send_raw(port: int, messages: list[tuple[str, bytes]]) -> None:
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
@@ -291,12 +268,15 @@ def main() -> None:
     parser.add_argument("--profile", nargs="?", const="-", metavar="FILE",
                         help="also profile one more mailflow phase (cProfile, by cumulative "
                              "time); FILE keeps the raw .prof, '-' only prints")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="mailflow's [outbound] concurrency (the baseline uses 1 connection)")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
         serve_sink()
         return
     n = args.recipients
+    CONCURRENCY[0] = args.concurrency
     if n < 1 or args.repeat < 1:
         parser.error("--recipients and --repeat must be at least 1")
 
@@ -304,6 +284,7 @@ def main() -> None:
     contacts = parse_contacts(contacts_text, "bench-contacts.yaml")  # parsed once, reused
     sink: ProcessSink | ThreadSink = ProcessSink() if args.sink == "process" else ThreadSink()
     print(f"fanout: {n} recipients, {args.repeat} repeat(s), sink in a {args.sink}, "
+          f"mailflow concurrency {args.concurrency}, "
           f"python {sys.version.split()[0]}")
     raw_rates, mf_rates, ratios = [], [], []
     queue_s, deliver_s = [], []
@@ -315,10 +296,12 @@ def main() -> None:
                 try:
                     times = run_mailflow(app, incident, n)
                     mf_got = check(sink, n, "mailflow")
+                    # The baseline sends the very bytes mailflow just sent: same sizes, same
+                    # line count (the sink's cost is per line), built before its clock starts.
+                    messages = [(m.recipient, bytes(m.raw)) for m in OutMessage.select().where(
+                        OutMessage.kind == "update")]
                 finally:
                     app.close()
-            # Baseline messages built now (untimed), the size of the update emails just sent.
-            messages = build_raw(n, mf_got.size // n)
             raw_s = run_raw(sink.port, messages)
             raw_got = check(sink, n, "raw aiosmtplib")
             del messages
@@ -391,10 +374,9 @@ def profile(dest: str, sink: Any, contacts_text: str, contacts: Contacts, n: int
     spots = [
         (inc, "communicate", "incidents.communicate (render+personalise+insert)"),
         (render.Renderer, "html", "  Renderer.html (Jinja + premailer, once)"),
-        (render.Renderer, "text", "  Renderer.text (Jinja, per recipient)"),
-        (render._Markers, "filler", "  _Markers.filler (per recipient)"),
+        (render._Markers, "values", "  _Markers.values (per recipient)"),
         (inc, "personal", "  incidents.personal (contacts lookup)"),
-        (render, "build_message", "  render.build_message (email package)"),
+        (render.Skeleton, "build", "  Skeleton.build (per recipient)"),
         (outbox.Outbox, "claim", "Outbox.claim (select + mark sending)"),
         (outbox.SMTPTransport, "send", "SMTPTransport.send (aiosmtplib sendmail)"),
         (peewee.SqliteDatabase, "execute_sql", "every SQL statement (overlaps the above)"),

@@ -17,7 +17,7 @@ from .app import Mailflow
 from .config import EXAMPLE_TOML, find_config, load_config
 from .contacts_cli import contacts
 from .errors import MailflowError
-from .models import Entry, Incident, OutMessage
+from .models import Incident, OutMessage
 from .outbox import Report
 from .render import Personal, builtin_templates
 

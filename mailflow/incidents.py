@@ -228,15 +228,9 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     )
     by_email = {r.email: r for r in to}
     outgoing = app.renderer.personalise(kind, ctx, [personal(app, r) for r in to], envelope)
-    rows = [
-        dict(incident=incident.id, kind=kind, recipient=o.recipient.email,
-             envelope_from=ctx["reply_address"], message_id=o.message_id, raw=o.raw, created_at=now,
-             next_attempt_at=now)
-        for o in outgoing
-    ]
     with app.db.atomic():
-        for chunk in range(0, len(rows), 200):
-            OutMessage.insert_many(rows[chunk:chunk + 200]).execute()
+        app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
+                           [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now)
         for o in outgoing:
             r = by_email[o.recipient.email]
             if not r.first_message_id:

@@ -182,9 +182,13 @@ class InMessage(BaseModel):
     received_at = UTCDateTimeField()
     mail_from = CharField(default="")
     sender = CharField(default="")
-    message_id = CharField(default="", index=True)
+    message_id = CharField(default="")
     raw = BlobField()
     outcome = CharField(default="")  # posted | command | auto-reply | bounce | empty | note
+
+    class Meta:
+        # The duplicate check of every reply: without it each reply walks all earlier ones.
+        indexes = ((("incident", "message_id"), False),)
 
 
 MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage]

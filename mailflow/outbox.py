@@ -206,6 +206,20 @@ class Outbox:
             self._marks.close()
             self._marks = None
 
+    def enqueue(self, incident_id: int | None, kind: str, envelope_from: str,
+                messages: Sequence[tuple[str, str, bytes]], now: datetime) -> None:
+        """Queue (recipient, Message-ID, raw bytes) triples; the caller's transaction commits.
+
+        One executemany: peewee's per-row query building cost more than the SQLite insert.
+        """
+        at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+        self.db.cursor().executemany(
+            "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
+            "raw, created_at, next_attempt_at, attempts, status, last_error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 'queued', '')",
+            [(incident_id, kind, rcpt, envelope_from, mid, raw, at, at)
+             for rcpt, mid, raw in messages])
+
     def pending(self) -> int:
         """How many messages are not yet sent or failed."""
         return OutMessage.select().where(OutMessage.status.in_(("queued", "sending"))).count()

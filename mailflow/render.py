@@ -11,7 +11,7 @@ import binascii
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address
@@ -103,17 +103,25 @@ class _Markers:
         self.times.append(when)
         return self._mark(f"local{len(self.times) - 1}")
 
-    def filler(self, person: Personal) -> Callable[[str], str]:
-        """A function that fills this render's markers for one recipient."""
-        pattern = re.compile(rf"%%MF{self.nonce}:(\w+)%%")
+    def values(self, person: Personal) -> dict[str, str]:
+        """What each marker of this render stands for, for one recipient."""
         values = {
             "greeting": person.greeting, "name": person.name,
             "email": person.email, "reason": person.reason,
         }
         for i, when in enumerate(self.times):
             values[f"local{i}"] = person.local(when)
-        escaped = {k: str(escape(v)) for k, v in values.items()}
-        return lambda html: pattern.sub(lambda m: escaped.get(m.group(1), ""), html)
+        return values
+
+    def fill(self, rendered: str, values: dict[str, str], html: bool) -> str:
+        """Replace the markers in one render's output (HTML-escaped for the HTML part)."""
+        if html:
+            values = {k: str(escape(v)) for k, v in values.items()}
+        return self._pattern.sub(lambda m: values.get(m.group(1), ""), rendered)
+
+    @property
+    def _pattern(self) -> re.Pattern[str]:
+        return re.compile(rf"%%MF{self.nonce}:(\w+)%%")
 
 
 def _hm(value: datetime | None) -> str:
@@ -202,19 +210,27 @@ class Renderer:
     def preview(self, kind: str, context: dict[str, Any], person: Personal) -> str:
         """The final HTML one recipient would get (for `mailflow preview`)."""
         html, markers = self.html(kind, context)
-        return markers.filler(person)(html)
+        return markers.fill(html, markers.values(person), html=True)
 
     def personalise(
         self, kind: str, context: dict[str, Any], people: Iterable[Personal], envelope: Envelope
     ) -> list[Outgoing]:
-        """One email per recipient; premailer runs once for all of them."""
+        """One email per recipient; templates and premailer run once for all of them."""
         html, markers = self.html(kind, context)
+        # The text part too is rendered once, with the same markers (the times are shared).
+        text = self._render(f"{kind}.txt", {**context, "recipient": markers})
         skeleton = Skeleton(envelope)
+        pattern = markers._pattern
         out = []
         for person in people:
-            fill = markers.filler(person)
+            values = markers.values(person)
+            escaped = {k: str(escape(v)) for k, v in values.items()}
             message_id = make_msgid(domain=envelope.domain)
-            raw = skeleton.build(person, message_id, self.text(kind, context, person), fill(html))
+            raw = skeleton.build(
+                person, message_id,
+                pattern.sub(lambda m: values.get(m.group(1), ""), text),
+                pattern.sub(lambda m: escaped.get(m.group(1), ""), html),
+            )
             out.append(Outgoing(person, message_id, raw))
         return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import smtplib
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 
