@@ -104,13 +104,12 @@ class InboundHandler:
         reply = parse_reply(raw, envelope_from=mail_from)
         now = self.now()
         answers = []
-        queued = False
+        before = self.app.outbox.queued
         for address in envelope.rcpt_tos:
             if self.is_base(address):
                 outcome = accept_declaration(self.app, reply, raw, mail_from, now)
                 log.info("declaration from %s: %s", reply.sender or "<>", outcome.message)
                 answers.append((outcome.code, outcome.message))
-                queued = True
                 continue
             incident = self.incident_for(address)
             if incident is None:  # deleted between RCPT and DATA
@@ -120,9 +119,8 @@ class InboundHandler:
             log.info("reply from %s to %s: %s", reply.sender or "<>", incident.ref,
                      outcome.outcome)
             answers.append((outcome.code, outcome.message))
-            queued = queued or outcome.outcome in ("posted", "command", "resolved", "refused")
-        if queued and self.on_posted is not None:
-            self.on_posted()
+        if self.app.outbox.queued != before and self.on_posted is not None:
+            self.on_posted()  # the reply queued mail (send now, resolved...): send it at once
         # One answer for the whole DATA: success if any incident took it.
         best = min(answers, default=(550, "5.1.1 no recipient"), key=lambda a: a[0])
         return f"{best[0]} {best[1]}"

@@ -180,6 +180,7 @@ class Outbox:
         self.db = db
         self.retry_for = retry_for
         self._marks: sqlite3.Connection | None = None
+        self.queued = 0  # messages queued by this process: the daemon wakes its sender on a change
         # Called inside the failure's transaction: the app tells the incident lead.
         self.on_failure: Callable[[OutMessage, str, datetime], None] | None = None
 
@@ -213,6 +214,7 @@ class Outbox:
         One executemany: peewee's per-row query building cost more than the SQLite insert.
         """
         at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+        self.queued += len(messages)
         self.db.cursor().executemany(
             "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
             "raw, created_at, next_attempt_at, attempts, status, last_error) "

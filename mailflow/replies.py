@@ -646,6 +646,7 @@ _HTML_BLOCK = {
     "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "td", "tfoot",
     "th", "thead", "tr", "ul",
 }  # fmt: skip
+_HTML_RAW_TEXT = {"script", "style"}  # their content is text: a "<script>" inside does not nest
 _HTML_VOID = {
     "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
     "source", "track", "wbr",
@@ -693,7 +694,7 @@ class _HTMLText(HTMLParser):
             if self.skip_tag == "head" and tag == "body":
                 self.skip_tag = None  # <head> left open: the body still counts
             else:
-                if tag == self.skip_tag and tag not in _HTML_VOID:
+                if tag == self.skip_tag and tag not in _HTML_VOID and tag not in _HTML_RAW_TEXT:
                     self.skip_depth += 1
                 return
         attributes = {k.lower(): (v or "") for k, v in attrs}
@@ -911,7 +912,7 @@ def _tidy(lines: list[str]) -> str:
     out: list[str] = []
     for line in lines:
         line = line.rstrip()
-        if not line.strip():
+        if not _INVISIBLE.sub("", line).strip():  # a zero-width space alone is a blank line
             line = ""
             if out and out[-1] == "":
                 continue
