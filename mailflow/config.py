@@ -39,6 +39,7 @@ starttls = true
 # password = "..."
 concurrency = 1                  # parallel SMTP connections
 retry_for = "1d"                 # give up on a temporarily failing email after this long
+# cafile = "relay-ca.pem"        # the relay's private CA (default: the system's CAs)
 
 [inbound]
 host = "127.0.0.1"               # replies come in here; keep it on loopback behind your MTA
@@ -70,6 +71,7 @@ class Outbound:
     concurrency: int = 1
     timeout: float = 30.0
     retry_for: timedelta = timedelta(days=1)
+    cafile: Path | None = None  # a private CA for the relay's certificate; default: the system's
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ class Config:
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence"}
-_OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for"}
+_OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
+        "cafile"}
 _IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
 
@@ -259,6 +262,10 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         if tls[key] is not None and not tls[key].is_file():
             raise fail(f"inbound.{key}", f"{tls[key]} is not a readable file")
     tls_cert, tls_key = tls["tls_cert"], tls["tls_key"]
+    cafile_raw = get(out, "cafile", str, "", "outbound.")
+    cafile = (base / cafile_raw).resolve() if cafile_raw else None
+    if cafile is not None and not cafile.is_file():
+        raise fail("outbound.cafile", f"{cafile} is not a readable file")
     if (tls_cert is None) != (tls_key is None):
         raise fail("inbound.tls_cert", "set both tls_cert and tls_key, or neither")
     if get(inb, "require_tls", bool, False, "inbound.") and tls_cert is None:
@@ -297,6 +304,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             concurrency=concurrency,
             timeout=float(get(out, "timeout", (int, float), 30, "outbound.")),
             retry_for=duration(out.get("retry_for", "1d"), "outbound.retry_for"),
+            cafile=cafile,
         ),
         inbound=Inbound(
             host=get(inb, "host", str, "127.0.0.1", "inbound."),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import ssl
 import logging
 import mailbox
 import os
@@ -91,10 +92,11 @@ class SMTPTransport:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
+        context = ssl.create_default_context(cafile=str(s.cafile) if s.cafile else None)
         smtp = aiosmtplib.SMTP(
             hostname=s.host, port=s.port, timeout=s.timeout,
             start_tls=s.starttls if s.port != 465 else False,
-            use_tls=s.port == 465,
+            use_tls=s.port == 465, tls_context=context,
         )
         try:
             await smtp.connect()

@@ -275,7 +275,8 @@ def _display_name(raw: str) -> str:
 
 def _message_id(raw: str) -> str:
     """The <id> token of a Message-ID header (or the trimmed value if it has no brackets)."""
-    m = re.search(r"<[^<>\s]{1,990}>", raw)
+    m = re.search(r"<[^<>\s\x00-\x1f\x7f]{1,990}>", raw)
+    # Control characters never reach the In-Reply-To/References of a mail we send back.
     return m.group(0) if m else _one_line(raw, 998)
 
 

@@ -69,12 +69,13 @@ class Sink:
     """Start with `with Sink() as sink:`; `sink.port`, `sink.received`, `sink.refuse()`."""
 
     def __init__(self, host: str = "127.0.0.1", handler: Any = None,
-                 data_size_limit: int | None = None) -> None:
+                 data_size_limit: int | None = None, **smtp_options: Any) -> None:
         self.host = host
         self.port = 0
         # Any aiosmtpd handler can be served this way (tests serve mailflow's InboundHandler).
         self.handler = handler if handler is not None else SinkHandler()
         self.data_size_limit = data_size_limit
+        self.smtp_options = smtp_options  # tls_context, authenticator... for aiosmtpd's SMTP
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -95,7 +96,8 @@ class Sink:
             self.handler.received.clear()
 
     def _factory(self) -> SMTP:
-        return SMTP(self.handler, hostname="sink.local", data_size_limit=self.data_size_limit)
+        return SMTP(self.handler, hostname="sink.local", data_size_limit=self.data_size_limit,
+                    **self.smtp_options)
 
     async def _listen(self, port: int) -> None:
         self._server = await self.loop.create_server(self._factory, self.host, port)

@@ -175,3 +175,17 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
     for name, command in cli.commands.items():
         assert command.help and "Example:" in command.help, name
         assert f"mailflow {name}" in readme, f"{name} is not documented in the README"
+
+
+def test_parse_reply_shows_what_would_be_posted(tmp_path: Path) -> None:
+    fixtures = Path(__file__).parent / "fixtures" / "replies"
+    result = CliRunner().invoke(cli, ["parse-reply", str(fixtures / "commands.eml"), "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert {"name": "severity", "value": "P2"} in data["commands"]
+    assert data["is_auto_reply"] is False and data["is_bounce"] is False
+    assert data["text"] and ">" not in data["text"]
+    human = CliRunner().invoke(cli, ["parse-reply", str(fixtures / "ooo_auto_submitted.eml")])
+    assert "AUTO-REPLY, never posted (Auto-Submitted" in human.stdout
+    bounce = CliRunner().invoke(cli, ["parse-reply", str(fixtures / "dsn_bounce.eml")])
+    assert "BOUNCE" in bounce.stdout

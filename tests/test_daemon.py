@@ -75,7 +75,10 @@ def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org") -
     msg["Message-ID"] = f"<{time.monotonic_ns()}@client.example>"
     msg.set_content(body)
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-        smtp.sendmail(sender, [to], msg.as_bytes(policy=SMTP))
+        try:
+            smtp.sendmail(sender, [to], msg.as_bytes(policy=SMTP))
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code
     return 250
 
 
@@ -103,6 +106,15 @@ def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
         update = sink.received[-1].message
         assert update["X-Mailflow-Kind"] == "update"
         assert "Index rebuilt, app servers back" in update.get_body(("plain",)).get_content()
+
+        # An edited contacts file is picked up without a signal: a new person may post.
+        stranger = "zoe@example.org"
+        assert send_reply(daemon.port or 0, reply_to, "before", sender=stranger) == 550
+        contacts = tmp_path / "contacts.yaml"
+        contacts.write_text(contacts.read_text().replace(
+            "people:\n", "people:\n  - {name: Zoe Quinn, email: zoe@example.org}\n"))
+        wait_for(lambda: daemon.logged("contacts file changed"), what="the file-change reload")
+        assert send_reply(daemon.port or 0, reply_to, "Zoe can post now", sender=stranger) == 250
 
         # A broken contacts file on SIGHUP is refused; the daemon keeps the old one and serves.
         (tmp_path / "contacts.yaml").write_text("people: [\n", encoding="utf-8")

@@ -75,3 +75,37 @@ def test_files_are_private(tmp_path: Path, sink: Sink) -> None:
     assert os.stat(tmp_path / "state" / "mailflow.db").st_mode & 0o777 == 0o600
     assert os.stat(tmp_path / "mail").st_mode & 0o777 == 0o700
     app.close()
+
+
+def test_outbound_starttls_and_auth_to_the_relay(tmp_path: Path,
+                                                 certificate: tuple[Path, Path]) -> None:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from mailflow.app import Mailflow
+    from mailflow.config import load_config
+
+    from .test_lifecycle import declare
+
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    logins: list[bytes] = []
+
+    def authenticator(server, session, envelope, mechanism, data):  # noqa: ANN001, ANN202
+        logins.append(data.login)
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"desk", b"pw")
+        return AuthResult(success=ok)
+
+    with Sink(tls_context=context, require_starttls=True, authenticator=authenticator,
+              auth_required=True) as relay:
+        write_config(tmp_path, relay.port)
+        config = tmp_path / "mailflow.toml"
+        config.write_text(config.read_text().replace(
+            "starttls = false", f'starttls = true\nusername = "desk"\npassword = "pw"\n'
+                                f'cafile = "{cert}"'))
+        app = Mailflow(load_config(config))
+        declare(app, impacted=[])
+        report = app.deliver_now(T0)
+        assert report.sent == 2 and not report.errors
+        assert len(relay.received) == 2 and logins == [b"desk"]
+        app.close()
