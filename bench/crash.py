@@ -14,19 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mailflow.testing import Sink, run_crash_scenario
-
-CONTACTS = """\
-people:
-  - {name: Ana Lima, email: ana@example.org}
-  - {name: Bob Stone, email: bob@example.org}
-lists:
-  stakeholders: [ana@example.org]
-services:
-  learn:
-    title: ISC Learn Platform
-    notify: [stakeholders]
-"""
+from mailflow.testing import Sink, run_crash_scenario, write_config
 
 
 def main() -> int:
@@ -41,11 +29,7 @@ def main() -> int:
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp, Sink() as sink:
             folder = Path(tmp)
-            (folder / "contacts.yaml").write_text(CONTACTS)
-            config = folder / "mailflow.toml"
-            config.write_text(
-                'database = "mailflow.db"\nsecret = "bench"\nreply_to = "incidents@example.org"\n'
-                f'[outbound]\nhost = "127.0.0.1"\nport = {sink.port}\nstarttls = false\n')
+            config = write_config(folder, sink.port)
             report = run_crash_scenario(folder, config, sink, senders=args.senders,
                                         replies_each=args.replies, recipients=args.recipients,
                                         crashes=args.crashes, seed=run)

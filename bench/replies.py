@@ -66,27 +66,10 @@ from mailflow import clock, tokens
 from mailflow import incidents as inc
 from mailflow.app import Mailflow
 from mailflow.config import load_config
+from mailflow.testing import write_config
 from mailflow.models import Entry, InMessage, open_database
 from mailflow.replies import parse_reply
 
-CONTACTS = """\
-people:
-  - {name: Ana Lima, email: ana@example.org, expertise: [postgres, backups], timezone: Europe/Zurich}
-  - {name: Bob Stone, email: bob@example.org, expertise: [moodle], timezone: America/New_York}
-  - {name: Chloe Martin, email: chloe@example.org, expertise: [moodle, postgres, nginx]}
-  - {name: Dan Boss, email: dan@example.org}
-  - {name: Eve Chief, email: eve@example.org}
-lists:
-  stakeholders: [ana@example.org, ops-team@example.org]
-  management: [dan@example.org]
-  upper-management: [eve@example.org]
-services:
-  learn:
-    title: ISC Learn Platform
-    notify: [stakeholders]
-    escalate: {4h: [management], 1d: [upper-management]}
-    expertise: [moodle, postgres]
-"""
 SENDERS = (("Bob Stone", "bob@example.org"), ("Ana Lima", "ana@example.org"),
            ("Chloe Martin", "chloe@example.org"), ("Dan Boss", "dan@example.org"),
            ("Eve Chief", "eve@example.org"))
@@ -108,14 +91,7 @@ LISTENING = re.compile(rb"listening for replies on [^:\s]+:(\d+)")
 
 def make_project(folder: Path) -> tuple[Path, str, str]:
     """Config, contacts, one declared incident. Returns (config path, reply address, subject)."""
-    (folder / "contacts.yaml").write_text(CONTACTS, encoding="utf-8")
-    config = folder / "mailflow.toml"
-    config.write_text(
-        'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\nmaildir = "mail"\n'
-        'from = "Incident Desk <incidents@example.org>"\nreply_to = "incidents@example.org"\n'
-        'secret = "bench-secret"\n',
-        encoding="utf-8",
-    )
+    config = write_config(folder, None)  # mail to the Maildir; the tests' directory
     app = Mailflow(load_config(config))
     try:
         now = clock.now()

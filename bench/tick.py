@@ -49,7 +49,9 @@ from typing import Any
 
 from mailflow.app import Mailflow
 from mailflow.config import load_config
+from mailflow.testing import write_config
 from mailflow.models import MODELS, Due, Incident
+from mailflow.incidents import threshold_label
 from mailflow.scheduler import due_work, run_due
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)  # `now` of every timed tick
@@ -57,46 +59,12 @@ CHUNK = 500  # rows per INSERT statement
 ROUNDS = 10  # the timed ticks are taken in this many rounds, alternating between sizes
 LEADS = ("ana@example.org", "bob@example.org", "chloe@example.org")
 
-CONTACTS = """\
-people:
-  - {name: Ana Lima, email: ana@example.org, expertise: [postgres, backups], timezone: Europe/Zurich}
-  - {name: Bob Stone, email: bob@example.org, expertise: [moodle], timezone: America/New_York}
-  - {name: Chloe Martin, email: chloe@example.org, expertise: [moodle, postgres, nginx]}
-  - {name: Dan Boss, email: dan@example.org}
-  - {name: Eve Chief, email: eve@example.org}
-lists:
-  stakeholders: [ana@example.org, ops-team@example.org]
-  management: [dan@example.org]
-  upper-management: [eve@example.org]
-services:
-  learn:
-    title: ISC Learn Platform
-    notify: [stakeholders]
-    escalate: {4h: [management], 1d: [upper-management]}
-    expertise: [moodle, postgres]
-"""
 
 
 def make_app(folder: Path) -> Mailflow:
     """A temp project: config (mail to a Maildir), contacts, an empty database."""
-    (folder / "contacts.yaml").write_text(CONTACTS, encoding="utf-8")
-    config = folder / "mailflow.toml"
-    config.write_text(
-        'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\nmaildir = "mail"\n'
-        'from = "Incident Desk <incidents@example.org>"\nreply_to = "incidents@example.org"\n'
-        'secret = "bench-secret"\n',
-        encoding="utf-8",
-    )
+    config = write_config(folder, None)  # mail to the Maildir; the tests' directory
     return Mailflow(load_config(config))
-
-
-def threshold_label(delta: timedelta) -> str:
-    """An escalation key as `declare` writes it: 4h, 1d, 90m."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def escalations(app: Mailflow, severity: str) -> tuple[timedelta, ...]:

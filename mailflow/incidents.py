@@ -282,7 +282,7 @@ def schedule_escalations(app: Mailflow, incident: Incident, now: datetime) -> No
     Thresholds already passed under the old severity keep their (done) rows: each fires
     once. A threshold the new severity adds that is already past fires at the next tick.
     """
-    wanted = {_label(t): t for t in app.config.cadence.escalate[incident.severity]}
+    wanted = {threshold_label(t): t for t in app.config.cadence.escalate[incident.severity]}
     pending = Due.select().where((Due.incident == incident) & (Due.kind == "escalate")
                                  & Due.done_at.is_null())
     for due in pending:
@@ -344,7 +344,8 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
     return incident
 
 
-def _label(delta: timedelta) -> str:
+def threshold_label(delta: timedelta) -> str:
+    """An escalation key: 4h, 1d, 90m."""
     seconds = int(delta.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:

@@ -22,6 +22,45 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
+# A small directory for tests and benchmarks: two time zones, three expertise tags, the
+# three lists seeds/000 escalates to, one service.
+CONTACTS = """\
+# Test directory: a comment that edits must keep.
+people:
+  - {name: Ana Lima, email: ana@example.org, expertise: [postgres, backups], timezone: Europe/Zurich}
+  - {name: Bob Stone, email: bob@example.org, expertise: [moodle], timezone: America/New_York}
+  - {name: Chloe Martin, email: chloe@example.org, expertise: [moodle, postgres, nginx]}
+  - {name: Dan Boss, email: dan@example.org}
+  - {name: Eve Chief, email: eve@example.org}
+lists:
+  stakeholders: [ana@example.org, ops-team@example.org]
+  management: [dan@example.org]
+  upper-management: [eve@example.org]
+services:
+  learn:
+    title: ISC Learn Platform
+    notify: [stakeholders]
+    escalate: {4h: [management], 1d: [upper-management]}
+    expertise: [moodle, postgres]
+"""
+
+
+def write_config(folder: Path, port: int | None, extra: str = "") -> Path:
+    """A mailflow.toml in `folder` sending to 127.0.0.1:port (Maildir when port is None)."""
+    outbound = (f'[outbound]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n'
+                if port else "")
+    path = folder / "mailflow.toml"
+    path.write_text(
+        'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\n'
+        'from = "Incident Desk <incidents@example.org>"\nreply_to = "incidents@example.org"\n'
+        f'secret = "test-secret"\n{extra}\n{outbound}',
+        encoding="utf-8",
+    )
+    if not (folder / "contacts.yaml").exists():
+        (folder / "contacts.yaml").write_text(CONTACTS, encoding="utf-8")
+    return path
+
+
 @dataclass
 class Received:
     """One message as the sink got it."""
