@@ -216,9 +216,11 @@ def resolve(state: State, ref: str, steps: str, follow_up: str, author: str) -> 
     """
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
-    inc.resolve(app, incident, now, steps, author, follow_up=follow_up)
-    report = deliver(app, now)
-    click.echo(f"{incident.ref} {incident.status}; solved notification sent to {report.sent}")
+    solved = inc.resolve(app, incident, now, steps, author, follow_up=follow_up)
+    deliver(app, now)
+    lead = f"; postmortem draft sent to {incident.lead}" if incident.lead else ""
+    click.echo(f"{incident.ref} {incident.status}; solved notification sent to "
+               f"{len(solved)}{lead}")
 
 
 @cli.command()

@@ -528,6 +528,13 @@ def _flowed_line(pieces: list[str], depth: int) -> str:
 # --- auto replies and bounces ---
 
 
+def _header_token(value: str) -> str:
+    """The keyword of a structured header: `no (sent by hand); x=y` -> `no` (RFC 3834 CFWS)."""
+    for _ in range(3):  # nested comments, innermost first
+        value = _COMMENT.sub(" ", value)
+    return value.split(";", 1)[0].strip().lower()
+
+
 def _classify(
     msg: Message | None, envelope_from: str | None, sender: str
 ) -> tuple[bool, bool, str]:
@@ -543,7 +550,7 @@ def _classify(
         return False, True, _one_line(f"From: {sender}", 200)
 
     for value in _raw_header_values(msg, "auto-submitted"):
-        token = value.split(";", 1)[0].strip().lower()
+        token = _header_token(value)
         if token != "no":  # RFC 3834: anything but "no" is machine-generated
             return True, False, _one_line(f"Auto-Submitted: {token}", 200)
     # Vacation responders that predate RFC 3834. X-Auto-Response-Suppress is deliberately
@@ -553,7 +560,7 @@ def _classify(
             if value.strip().lower() not in ("no", "false", "0"):
                 return True, False, _one_line(f"{name}: {value.strip()}", 200)
     for value in _raw_header_values(msg, "precedence"):
-        token = value.split(";", 1)[0].strip().lower()
+        token = _header_token(value)
         if token in ("bulk", "junk", "auto_reply"):  # not "list": people reply through lists
             return True, False, f"Precedence: {token}"
     if ctype == "multipart/report":  # read receipts (disposition-notification) and the like
