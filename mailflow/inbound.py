@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +22,19 @@ if TYPE_CHECKING:
     from .app import Mailflow
 
 log = logging.getLogger(__name__)
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def smtp_answer(code: int, message: str) -> str:
+    """One SMTP reply line: printable 7-bit ASCII, no line break, at most 512 octets.
+
+    The message may name the sender, and `böb@example.org` is a valid address: without
+    SMTPUTF8 aiosmtpd cannot encode it and drops the session with "500 Error:
+    (UnicodeEncodeError)"; with it, UTF-8 goes to clients that never asked for it.
+    """
+    text = message.encode("ascii", "backslashreplace").decode("ascii")
+    return f"{code} {_UNPRINTABLE.sub(' ', text).strip()}"[:510]
 
 
 def make_protocol(app: Mailflow, handler: InboundHandler) -> SMTP:
@@ -123,4 +137,4 @@ class InboundHandler:
             self.on_posted()  # the reply queued mail (send now, resolved...): send it at once
         # One answer for the whole DATA: success if any incident took it.
         best = min(answers, default=(550, "5.1.1 no recipient"), key=lambda a: a[0])
-        return f"{best[0]} {best[1]}"
+        return smtp_answer(*best)

@@ -214,7 +214,10 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     """
     if to is None:
         to = list(Recipient.select().where((Recipient.incident == incident)
-                                           & (Recipient.status == "active"))
+                                           # A bounce arrives with a token every recipient
+                                           # holds, so it can be forged: it is recorded, but
+                                           # only our own relay's 5xx stops the mail.
+                                           & (Recipient.status != "failed"))
                   .order_by(Recipient.id))
     if not to:
         return []

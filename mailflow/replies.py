@@ -444,7 +444,8 @@ def _flat_body_texts(msg: Message) -> tuple[str, str]:
 
     def flush() -> None:
         if state == "text":
-            leaf = BytesParser(policy=compat32).parsebytes(b"\n".join(head) + b"\n\n" + b"".join(body))
+            section = b"\n".join(head) + b"\n\n" + b"".join(body)
+            leaf = BytesParser(policy=compat32).parsebytes(section)
             text = _part_text(leaf)
             (htmls if _content_type(leaf) == "text/html" else plain).append(text)
 
@@ -488,8 +489,10 @@ def _flat_body_texts(msg: Message) -> tuple[str, str]:
         elif state == "text":
             body.append(line)
     flush()
-    if parts == 0 and isinstance(payload, str):
-        # Boundary never found: keep the body as text, as `_body_texts` does.
+    if parts == 0 and not _MULTIPART.search(data):
+        # Boundary never found: keep the body as text, as `_body_texts` does; unless the body
+        # is itself full of nested multipart declarations (a bomb without a usable top
+        # boundary): that is scaffolding, not what the sender wrote.
         text = _decode_bytes(data, _param(msg, "charset") or None)
         plain.append(_clean_text(text[: 2 * MAX_TEXT_CHARS]))
     return "\n".join(plain), "\n".join(htmls)

@@ -269,3 +269,18 @@ def test_strangers_cannot_declare(app, sink, inbound) -> None:  # noqa: ANN001
 def test_outgoing_mail_bounces_to_the_incident_address(app, sink, incident) -> None:  # noqa: ANN001
     envelope_from = sink.received[0].mail_from
     assert envelope_from == reply_to(sink), "bounces come back with the incident's token"
+
+
+def test_a_bounce_is_recorded_but_cannot_silence_a_recipient(app, sink, incident,  # noqa: ANN001
+                                                             inbound) -> None:
+    dsn = (
+        "From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\nSubject: Undelivered\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; '
+        'boundary="B"\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n'
+        "Reporting-MTA: dns; mx.example.org\r\n\r\nFinal-Recipient: rfc822; ops-team@example.org\r\n"
+        "Action: failed\r\nStatus: 5.1.1\r\n--B--\r\n").encode()
+    assert inbound.send(dsn, reply_to(sink), mail_from="")[0] == 250
+    sink.clear()
+    inc.send_update(app, Incident.get_by_id(incident.id), NOW)
+    app.deliver_now(NOW)
+    assert "ops-team@example.org" in by_rcpt(sink), "anyone holding the token could forge it"
