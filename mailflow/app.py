@@ -53,8 +53,9 @@ class Mailflow:
         from . import incidents as inc
 
         incident = Incident.get_or_none(Incident.id == msg.incident_id)
-        if incident is None or not incident.lead or msg.kind == "notice":
-            return  # a failed notice is not noticed again: no loops
+        if incident is None or not incident.lead or msg.kind == "notice" \
+                or msg.recipient == incident.lead:
+            return  # a failed notice is not noticed again (no loops), nor the lead's own
         lead = inc.add_recipient(self, incident, incident.lead, "as the incident lead", now)
         inc.communicate(self, incident, "notice", now, to=[lead], marks_sent=False,
                         title=f"An email of {incident.ref} could not be delivered",

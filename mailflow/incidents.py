@@ -206,11 +206,12 @@ def lead_recipients(app: Mailflow, incident: Incident, now: datetime) -> list[Re
 
 def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
                 to: Sequence[Recipient] | None = None, marks_sent: bool = True,
-                **extra: Any) -> list[str]:
+                expires_at: datetime | None = None, **extra: Any) -> list[str]:
     """Render `kind` once, queue one personalised copy per recipient, and log it.
 
     `marks_sent`: this email is a communication to everyone (start, update, solved), so what
     it carries is no longer new. Reminders and escalations leave "new" untouched.
+    `expires_at`: past it, the outbox drops the email instead of sending it late.
     """
     if to is None:
         to = list(Recipient.select().where((Recipient.incident == incident)
@@ -233,7 +234,8 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     outgoing = app.renderer.personalise(kind, ctx, [personal(app, r) for r in to], envelope)
     with app.db.atomic():
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
-                           [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now)
+                           [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
+                           expires_at=expires_at)
         for o in outgoing:
             r = by_email[o.recipient.email]
             if not r.first_message_id:

@@ -144,7 +144,8 @@ class OutMessage(BaseModel):
     claimed_until = UTCDateTimeField(null=True)  # a sender holds it; expires if that sender died
     claimed_by = IntegerField(null=True)  # the sender's PID: a dead sender's claim is void at once
     attempts = IntegerField(default=0)
-    status = CharField(default="queued")  # queued | sending | sent | failed
+    status = CharField(default="queued")  # queued | sending | sent | failed | expired
+    expires_at = UTCDateTimeField(null=True)  # a reminder is worthless after its deadline
     sent_at = UTCDateTimeField(null=True)
     last_error = TextField(default="")
 

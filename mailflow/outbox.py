@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 from peewee import SqliteDatabase, fn
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # RFC 5321 §4.5.4.1: retry quickly at first, then no faster than every 30 minutes.
 BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=30))
 LEASE = timedelta(minutes=5)
+PROBE = timedelta(minutes=1)  # while the relay cannot be reached at all
+BATCH = 200  # claimed at once; small enough to go out well within a lease
 
 
 class TemporaryFailure(Exception):
@@ -164,6 +166,11 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
 
+def _sql_time(value: datetime) -> str:
+    """A time as peewee stores it (naive UTC, ISO with a space), for raw statements."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+
+
 def _alive(pid: int) -> bool:
     """Whether a process still exists (a crashed sender's claims can be taken over at once)."""
     try:
@@ -201,7 +208,7 @@ class Outbox:
         self._marks.execute(
             "UPDATE outmessage SET status = 'sent', sent_at = ?, claimed_until = NULL, "
             "attempts = attempts + 1 WHERE id = ?",
-            (now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" "), msg.id))
+            (_sql_time(now), msg.id))
 
     def close(self) -> None:
         """Close the bookkeeping connection."""
@@ -210,18 +217,20 @@ class Outbox:
             self._marks = None
 
     def enqueue(self, incident_id: int | None, kind: str, envelope_from: str,
-                messages: Sequence[tuple[str, str, bytes]], now: datetime) -> None:
+                messages: Sequence[tuple[str, str, bytes]], now: datetime,
+                expires_at: datetime | None = None) -> None:
         """Queue (recipient, Message-ID, raw bytes) triples; the caller's transaction commits.
 
         One executemany: peewee's per-row query building cost more than the SQLite insert.
         """
-        at = now.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+        at = _sql_time(now)
+        expires = _sql_time(expires_at) if expires_at else None
         self.queued += len(messages)
         self.db.cursor().executemany(
             "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
-            "raw, created_at, next_attempt_at, attempts, status, last_error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 'queued', '')",
-            [(incident_id, kind, rcpt, envelope_from, mid, raw, at, at)
+            "raw, created_at, next_attempt_at, expires_at, attempts, status, last_error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'queued', '')",
+            [(incident_id, kind, rcpt, envelope_from, mid, raw, at, at, expires)
              for rcpt, mid, raw in messages])
 
     def pending(self) -> int:
@@ -261,50 +270,94 @@ class Outbox:
         return [r.claimed_by for r in rows if r.claimed_by != os.getpid()]
 
     async def deliver(self, transport: Transport, now: datetime, concurrency: int = 1,
-                      transports: Sequence[Transport] = ()) -> Report:
-        """Send everything due at `now`; each worker reuses its own transport's connection."""
+                      transports: Sequence[Transport] = (),
+                      clock: Callable[[], datetime] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Report:
+        """Send everything due; each worker reuses its own transport's connection.
+
+        `clock` gives a fresh time for leases and deadlines during a long run (the daemon
+        passes the real clock); by default the run is frozen at `now`. `should_stop` lets
+        SIGTERM end a long run between two messages.
+        """
         report = Report()
+        clock = clock or (lambda: now)
         workers = [transport, *transports][: max(1, concurrency)]
-        while True:
-            batch = self.claim(now)
+        while not (should_stop and should_stop()):
+            claimed_at = clock()
+            batch = self.claim(claimed_at, limit=BATCH)
             if not batch:
                 break
             queue: asyncio.Queue[OutMessage] = asyncio.Queue()
             for msg in batch:
                 queue.put_nowait(msg)
-            await asyncio.gather(*(self._worker(t, queue, now, report) for t in workers))
+            # Stop a little before the lease ends: past it, another sender may take the rest.
+            lease_end = claimed_at + LEASE - timedelta(seconds=30)
+            await asyncio.gather(*(self._worker(t, queue, clock, lease_end, report, should_stop)
+                                   for t in workers))
+            if clock() >= lease_end:
+                break
         return report
 
     async def _worker(self, transport: Transport, queue: asyncio.Queue[OutMessage],
-                      now: datetime, report: Report) -> None:
+                      clock: Callable[[], datetime], lease_end: datetime, report: Report,
+                      should_stop: Callable[[], bool] | None) -> None:
         while not queue.empty():
+            now = clock()
+            if now >= lease_end or (should_stop and should_stop()):
+                return  # what is left stays claimed until the lease ends, then is re-sent
             msg = queue.get_nowait()
+            if msg.expires_at is not None and now >= msg.expires_at:
+                self._expired(msg, now, report)
+                continue
             try:
                 await transport.send(msg.envelope_from, msg.recipient, bytes(msg.raw))
             except PermanentFailure as exc:
                 self._failed(msg, now, str(exc), report)
             except RelayDown as exc:
-                # No point knocking once per message: defer this one and the rest of the batch.
-                self._retry(msg, now, str(exc), report)
+                # Nobody can be reached: probe again in a minute with the whole batch, without
+                # counting it as an attempt for each message (their backoff would grow for
+                # nothing, and delay everything for half an hour after a short blip).
+                self._retry(msg, now, str(exc), report, probe=True)
                 while not queue.empty():
-                    self._retry(queue.get_nowait(), now, str(exc), report, quiet=True)
+                    self._retry(queue.get_nowait(), now, str(exc), report, quiet=True, probe=True)
             except TemporaryFailure as exc:
                 self._retry(msg, now, str(exc), report)
+            except Exception as exc:  # one bad message must not stall the whole outbox
+                log.exception("delivery to %s failed unexpectedly", msg.recipient)
+                self._failed(msg, now, f"could not be sent: {exc!r}", report)
             else:
-                self._mark_sent(msg, now)
+                try:
+                    self._mark_sent(msg, now)
+                except sqlite3.Error:
+                    # It went out; unmarked, it will be sent again once its lease ends.
+                    log.exception("could not mark the email to %s as sent", msg.recipient)
                 report.sent += 1
 
+    def _mine(self, msg: OutMessage) -> Any:
+        """Write back only a claim that is still ours (another sender may have taken it)."""
+        return ((OutMessage.id == msg.id) & (OutMessage.status == "sending")
+                & (OutMessage.claimed_by == os.getpid()))
+
+    def _expired(self, msg: OutMessage, now: datetime, report: Report) -> None:
+        with self.db.atomic():
+            OutMessage.update(status="expired", claimed_until=None,
+                              last_error="not sent before its deadline").where(
+                self._mine(msg)).execute()
+        report.errors.append(f"{msg.kind} email to {msg.recipient} dropped: its deadline passed")
+        log.warning("%s email to %s dropped: its deadline passed", msg.kind, msg.recipient)
+
     def _retry(self, msg: OutMessage, now: datetime, error: str, report: Report,
-               quiet: bool = False) -> None:
+               quiet: bool = False, probe: bool = False) -> None:
         if now - msg.created_at >= self.retry_for:
             self._failed(msg, now, f"gave up after {format_duration(self.retry_for)}: {error}",
                          report, permanent=False)
             return
-        delay = BACKOFF[min(msg.attempts, len(BACKOFF) - 1)]
+        delay = PROBE if probe else BACKOFF[min(msg.attempts, len(BACKOFF) - 1)]
         with self.db.atomic():
-            OutMessage.update(status="queued", claimed_until=None, attempts=msg.attempts + 1,
+            OutMessage.update(status="queued", claimed_until=None,
+                              attempts=msg.attempts + (0 if probe else 1),
                               next_attempt_at=now + delay, last_error=error).where(
-                OutMessage.id == msg.id).execute()
+                self._mine(msg)).execute()
         report.retrying += 1
         if not quiet:
             report.errors.append(f"{error} (retry in {format_duration(delay)})")
@@ -314,7 +367,7 @@ class Outbox:
                 permanent: bool = True) -> None:
         with self.db.atomic():
             OutMessage.update(status="failed", claimed_until=None, attempts=msg.attempts + 1,
-                              last_error=error).where(OutMessage.id == msg.id).execute()
+                              last_error=error).where(self._mine(msg)).execute()
             if msg.incident_id is not None:
                 # A 5xx (no such user) stops further mail to that address; giving up after
                 # an outage does not: the next communication tries them again.

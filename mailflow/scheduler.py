@@ -75,7 +75,8 @@ def _reminder(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     if not to:
         inc.log(incident, now, "reminder", "no lead or communicator to remind", "mailflow")
         return True
-    inc.communicate(app, incident, "reminder", now, to=to, marks_sent=False)
+    # A reminder held up by a relay outage is never delivered after the mark it announces.
+    inc.communicate(app, incident, "reminder", now, to=to, marks_sent=False, expires_at=mark)
     inc.log(incident, now, "reminder",
             f"reminded {', '.join(r.email for r in to)} of the {mark:%H:%M} UTC communication",
             "mailflow")
@@ -131,7 +132,7 @@ def _handover(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     lead = inc.add_recipient(app, incident, incident.lead, "as the incident lead", now)
     inc.communicate(app, incident, "handover", now, to=[lead], marks_sent=False,
                     led_for=now - incident.lead_since)
-    inc.log(incident, now, "handover", f"reminded {incident.lead} to hand over the lead",
+    inc.log(incident, now, "handover-reminder", f"reminded {incident.lead} to hand over the lead",
             "mailflow")
     return True
 

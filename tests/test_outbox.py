@@ -40,17 +40,20 @@ def test_outage_then_4xx_then_recovery(app: Mailflow, sink: Sink) -> None:
     report = app.deliver_now(at(0.5))
     assert report.sent == 0 and report.retrying == 0, "the update waits behind the start"
 
-    # Backoff: 1, 5, 15 minutes, then never faster than every 30 minutes (RFC 5321 4.5.4).
+    # While the relay cannot be reached, the queue is probed every minute; that is not an
+    # attempt of each message, so a short blip does not push everything back 30 minutes.
     first = OutMessage.select().order_by(OutMessage.id).first()
-    assert first.next_attempt_at == at(1)
+    assert first.next_attempt_at == at(1) and first.attempts == 0
+    # The relay answers 4xx: backoff 1, 5, 15 minutes, then never faster than every 30
+    # minutes (RFC 5321 4.5.4).
     sink.accept("tempfail")
-    seen = delays(first.id, app, [1, 6, 21, 51, 81])
-    assert seen == [timedelta(minutes=m) for m in (5, 15, 30, 30, 30)]
+    seen = delays(first.id, app, [1, 2, 7, 22, 52])
+    assert seen == [timedelta(minutes=m) for m in (1, 5, 15, 30, 30)]
     assert sink.received == []
     assert OutMessage.select().where(OutMessage.status == "sent").count() == 0
 
     sink.accept("accept")
-    report = app.deliver_now(at(111))
+    report = app.deliver_now(at(82))
     assert report.failed == 0
     app.deliver_now(at(200))  # anything that was behind a retry
     per_rcpt: dict[str, list[str]] = {}
@@ -80,7 +83,9 @@ def test_giving_up_records_the_failure_and_tells_the_lead(tmp_path: Path, sink: 
     sink.accept()
     app.deliver_now(at(200))
     told = [r for r in sink.received if r.message["X-Mailflow-Kind"] == "notice"]
-    assert sorted(r.rcpt_tos[0] for r in told) == ["ana@example.org", "ana@example.org"]
+    assert [r.rcpt_tos[0] for r in told] == ["ana@example.org"], \
+        "the lead hears of ops-team's failure (not of their own)"
+    assert "ops-team@example.org failed" in told[0].message.get_body(("plain",)).get_content()
     app.close()
 
 
@@ -92,3 +97,42 @@ def test_a_crash_between_claim_and_send_resends_after_the_lease(app: Mailflow,
     assert app.deliver_now(at(1)).sent == 0, "another sender leaves claimed mail alone"
     assert app.deliver_now(at(5)).sent == 2, "after the lease, the mail goes out"
     assert len(sink.received) == 2
+
+
+def test_a_reminder_held_up_past_its_deadline_is_dropped(app: Mailflow, sink: Sink) -> None:
+    from mailflow.scheduler import tick
+
+    declare(app, impacted=[])
+    app.deliver_now(T0)
+    sink.refuse()
+    tick(app, at(50))  # the reminder for the 11:00 mark is queued; the relay is down
+    sink.accept()
+    app.deliver_now(at(61))
+    kinds = [r.message["X-Mailflow-Kind"] for r in sink.received]
+    assert "reminder" not in kinds, "never a reminder after the deadline"
+    assert OutMessage.get(OutMessage.kind == "reminder").status == "expired"
+
+
+def test_one_unsendable_message_does_not_stall_the_others(app: Mailflow, sink: Sink) -> None:
+    class Picky:
+        """A transport that chokes on one recipient with an unexpected error."""
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None:
+            if recipient == "ana@example.org":
+                raise UnicodeEncodeError("ascii", "x", 0, 1, "boom")
+            self.sent.append(recipient)
+
+        async def close(self) -> None:
+            pass
+
+    declare(app, impacted=["student-council@example.org"])
+    picky = Picky()
+    import asyncio
+
+    report = asyncio.run(app.outbox.deliver(picky, T0))
+    assert sorted(picky.sent) == ["ops-team@example.org", "student-council@example.org"]
+    assert report.failed == 1
+    assert OutMessage.select().where(OutMessage.status == "sending").count() == 0
