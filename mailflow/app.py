@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -70,11 +71,13 @@ class Mailflow:
             return [self._transport_factory() for _ in range(n)]
         return [make_transport(self.config.outbound, self.config.maildir) for _ in range(n)]
 
-    async def deliver(self, now: datetime) -> Report:
-        """Send everything in the outbox that is due at `now`."""
+    async def deliver(self, now: datetime, clock: Callable[[], datetime] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Report:
+        """Send everything in the outbox that is due at `now` (see Outbox.deliver)."""
         transports = self.transports()
         try:
-            return await self.outbox.deliver(transports[0], now, len(transports), transports[1:])
+            return await self.outbox.deliver(transports[0], now, len(transports), transports[1:],
+                                             clock=clock, should_stop=should_stop)
         finally:
             for t in transports:
                 await t.close()

@@ -83,14 +83,17 @@ class Daemon:
         return True
 
     async def tick(self) -> None:
-        """Do what is due, then send the outbox."""
+        """Do what is due, then send the outbox (even if some due work failed)."""
         now = self.now()
-        report = run_due(self.app, now)
-        for line in report.done:
-            log.info("done: %s", line)
-        delivery = await self.app.deliver(now)
-        if delivery.sent:
-            log.info("sent %d email(s)", delivery.sent)
+        try:
+            report = run_due(self.app, now)
+            for line in report.done:
+                log.info("done: %s", line)
+        finally:
+            delivery = await self.app.deliver(now, clock=self.now,
+                                              should_stop=self._stop.is_set)
+            if delivery.sent:
+                log.info("sent %d email(s)", delivery.sent)
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""

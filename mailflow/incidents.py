@@ -259,6 +259,19 @@ def update_every(app: Mailflow, incident: Incident) -> timedelta:
     return app.config.cadence.update_every[incident.severity]
 
 
+def plan(incident: Incident, kind: str, key: str, due_at: datetime) -> None:
+    """Schedule work once: a new row, or a cancelled one revived (never one already done).
+
+    The same work can be planned, cancelled and planned again (`next update: 11:00` back to
+    the time first announced; P1 → P0 → P1); ignoring the old row would lose it.
+    """
+    Due.insert(incident=incident, kind=kind, key=key, due_at=due_at).on_conflict(
+        conflict_target=[Due.incident, Due.kind, Due.key],
+        update={Due.done_at: None, Due.outcome: "", Due.due_at: due_at},
+        where=(Due.outcome == "cancelled"),
+    ).execute()
+
+
 def schedule_mark(app: Mailflow, incident: Incident, at: datetime, now: datetime) -> None:
     """Set the next communication mark, replacing any pending reminder/mark."""
     cancel_due(incident, now, kinds=SCHEDULE_KINDS)
@@ -267,9 +280,8 @@ def schedule_mark(app: Mailflow, incident: Incident, at: datetime, now: datetime
     key = at.isoformat()
     reminder_at = at - app.config.cadence.reminder_before
     if reminder_at > now:
-        Due.insert(incident=incident, kind="reminder", key=key, due_at=reminder_at
-                   ).on_conflict_ignore().execute()
-    Due.insert(incident=incident, kind="mark", key=key, due_at=at).on_conflict_ignore().execute()
+        plan(incident, "reminder", key, reminder_at)
+    plan(incident, "mark", key, at)
 
 
 def cancel_due(incident: Incident, now: datetime, kinds: Iterable[str] | None = None) -> None:
@@ -294,18 +306,15 @@ def schedule_escalations(app: Mailflow, incident: Incident, now: datetime) -> No
         if due.key not in wanted:
             Due.update(done_at=now, outcome="cancelled").where(Due.id == due.id).execute()
     for key, threshold in wanted.items():
-        Due.insert(incident=incident, kind="escalate", key=key,
-                   due_at=incident.declared_at + threshold).on_conflict_ignore().execute()
+        plan(incident, "escalate", key, incident.declared_at + threshold)
 
 
 def schedule_handover(app: Mailflow, incident: Incident, now: datetime) -> None:
     """Remind the current lead to hand over `handover_after` after they took the lead."""
     cancel_due(incident, now, kinds=("handover",))
     if incident.lead and incident.lead_since:
-        Due.insert(incident=incident, kind="handover",
-                   key=f"{incident.lead}@{incident.lead_since.isoformat()}",
-                   due_at=incident.lead_since + app.config.cadence.handover_after,
-                   ).on_conflict_ignore().execute()
+        plan(incident, "handover", f"{incident.lead}@{incident.lead_since.isoformat()}",
+             incident.lead_since + app.config.cadence.handover_after)
 
 
 # --- the lifecycle ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
+from jinja2 import meta
 from markupsafe import Markup, escape
 
 from .clock import as_utc, format_duration
@@ -158,6 +159,7 @@ class Renderer:
     """Loads templates (operator overrides first, then built-ins) and renders communications."""
 
     def __init__(self, override_dir: Path | None = None) -> None:
+        self.override_dir = override_dir
         loaders: list[jinja2.BaseLoader] = []
         if override_dir is not None:
             loaders.append(jinja2.FileSystemLoader(str(override_dir)))
@@ -174,11 +176,34 @@ class Renderer:
         self._css_cache: dict[str, str] = {}
 
     def check(self) -> None:
-        """Load every built-in kind's templates now, so a broken override fails at startup."""
+        """Load every template now, so a broken override fails at startup or reload.
+
+        StrictUndefined only fails when a template is rendered, which for an escalation
+        may be hours away: a variable no built-in template knows is refused here.
+        """
         for kind in KINDS:
             self._template(f"{kind}.html")
             self._template(f"{kind}.txt")
         self._template("postmortem.md")
+        if self.override_dir is None:
+            return
+        builtin = jinja2.Environment(loader=jinja2.FileSystemLoader(str(builtin_templates())))
+        known = set(builtin.globals) | {"reply_address", "kind", "subject"}
+        for name in builtin.list_templates():
+            if name.endswith((".html", ".txt", ".md")):
+                known |= meta.find_undeclared_variables(builtin.parse(
+                    builtin.loader.get_source(builtin, name)[0]))  # type: ignore[union-attr]
+        for path in sorted(self.override_dir.glob("*")):
+            if path.suffix not in (".html", ".txt", ".md") or not path.is_file():
+                continue
+            try:
+                unknown = meta.find_undeclared_variables(
+                    self.env.parse(path.read_text(encoding="utf-8"))) - known
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(f"{path}:{exc.lineno}: {exc.message}") from None
+            if unknown:
+                raise TemplateError(f"{path}: unknown variable(s) {', '.join(sorted(unknown))}; "
+                                    "see the built-in templates for what is available")
 
     def _template(self, name: str) -> jinja2.Template:
         try:

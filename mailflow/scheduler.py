@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from . import incidents as inc
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .app import Mailflow
 
 log = logging.getLogger(__name__)
+RETRY_FAILED = timedelta(minutes=5)
 
 
 @dataclass
@@ -58,11 +59,15 @@ def run_due(app: Mailflow, now: datetime) -> TickReport:
                     acted = HANDLERS[due.kind](app, incident, due, now)
                     if not acted:
                         Due.update(outcome="skipped").where(Due.id == due.id).execute()
-            except MailflowError as exc:
-                # Left pending: a fixed template or contacts file lets the next tick succeed.
-                log.error("%s failed: %s", label, exc)
+            except Exception as exc:  # noqa: BLE001 - one broken job must not stop the others
+                # Left pending but pushed back, so the jobs behind it run: a fixed template
+                # or contacts file lets a later tick succeed.
+                log.error("%s failed (retried in %s): %s", label, RETRY_FAILED, exc,
+                          exc_info=not isinstance(exc, MailflowError))
                 report.errors.append(f"{label}: {exc}")
-                return report
+                Due.update(due_at=now + RETRY_FAILED).where(
+                    (Due.id == due.id) & Due.done_at.is_null()).execute()
+                continue
             (report.done if acted else report.skipped).append(label)
 
 

@@ -219,3 +219,35 @@ def test_recipients_and_sends_are_recorded(app: Mailflow, sink: Sink) -> None:
     assert data["next_communication_at"] == "2026-11-24T11:00:00Z"
     assert Recipient.select().where(Recipient.first_message_id.is_null()).count() == 0
     assert Entry.select().count() == 2
+
+
+def test_template_overrides_are_checked_when_loaded(app: Mailflow, tmp_path) -> None:  # noqa: ANN001
+    from mailflow.errors import TemplateError
+    from mailflow.render import Renderer, builtin_templates
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    good = (builtin_templates() / "escalation.txt").read_text()
+    (folder / "escalation.txt").write_text("Dear management,\n" + good)
+    Renderer(folder).check()
+    (folder / "escalation.txt").write_text(good.replace("{{ threshold|duration }}",
+                                                        "{{ treshold|duration }}"))
+    with pytest.raises(TemplateError, match="escalation.txt: unknown variable.*treshold"):
+        Renderer(folder).check()
+    (folder / "escalation.txt").write_text("{% if %}")
+    with pytest.raises(TemplateError, match="escalation.txt:1:"):
+        Renderer(folder).check()
+
+
+def test_overrides_take_precedence(app: Mailflow, sink: Sink, project) -> None:  # noqa: ANN001
+    from mailflow.config import load_config
+
+    (project / "tpl").mkdir()
+    (project / "tpl" / "start.txt").write_text("CUSTOM {{ incident.ref }} {{ recipient.greeting }}\n")
+    config = project / "mailflow.toml"
+    config.write_text('templates = "tpl"\n' + config.read_text())
+    custom = Mailflow(load_config(config))
+    declare(custom, impacted=[])
+    custom.deliver_now(T0)
+    assert text_of(by_rcpt(sink)["ana@example.org"][0]).startswith("CUSTOM INC-1 Hello Ana,")
+    custom.close()

@@ -159,3 +159,29 @@ def test_no_postmortem_reminder_once_done(app: Mailflow, sink: Sink) -> None:
     sink.clear()
     tick(app, at(days=7))
     assert sink.received == []
+
+
+def test_moving_the_mark_back_to_the_announced_time_keeps_it(app: Mailflow, sink: Sink) -> None:
+    incident = declare(app, impacted=[])
+    inc.set_next_update(app, Incident.get_by_id(incident.id), "30m", at(minutes=5), "ana")
+    inc.set_next_update(app, Incident.get_by_id(incident.id), "11:00", at(minutes=20), "ana")
+    app.deliver_now(at(minutes=20))
+    sink.clear()
+    tick(app, at(minutes=50))
+    tick(app, at(hours=1))
+    assert sorted(r.message["X-Mailflow-Kind"] for r in sink.received
+                  if r.rcpt_tos[0] == "ana@example.org") == ["reminder", "update"]
+
+
+def test_severity_back_and_forth_keeps_the_escalations(project, sink: Sink) -> None:  # noqa: ANN001
+    config = project / "mailflow.toml"
+    config.write_text(config.read_text() + '[cadence]\nescalate = {P0 = ["1h", "4h"]}\n')
+    app = Mailflow(load_config(config))
+    incident = declare(app, impacted=[])
+    inc.change(app, incident, at(minutes=10), "ana", severity="P0")
+    pending = lambda: sorted(d.key for d in Due.select().where(  # noqa: E731
+        (Due.kind == "escalate") & Due.done_at.is_null()))
+    assert pending() == ["1h", "4h"]
+    inc.change(app, Incident.get_by_id(incident.id), at(minutes=20), "ana", severity="P1")
+    assert pending() == ["1d", "4h"], "the cancelled 1 d escalation is planned again"
+    app.close()
