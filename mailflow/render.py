@@ -187,12 +187,11 @@ class Renderer:
         self._template("postmortem.md")
         if self.override_dir is None:
             return
-        builtin = jinja2.Environment(loader=jinja2.FileSystemLoader(str(builtin_templates())))
-        known = set(builtin.globals) | {"reply_address", "kind", "subject"}
-        for name in builtin.list_templates():
-            if name.endswith((".html", ".txt", ".md")):
-                known |= meta.find_undeclared_variables(builtin.parse(
-                    builtin.loader.get_source(builtin, name)[0]))  # type: ignore[union-attr]
+        known = set(self.env.globals) | {"reply_address", "kind", "subject"}
+        for path in builtin_templates().glob("*"):
+            if path.suffix in (".html", ".txt", ".md"):
+                known |= meta.find_undeclared_variables(
+                    self.env.parse(path.read_text(encoding="utf-8")))
         for path in sorted(self.override_dir.glob("*")):
             if path.suffix not in (".html", ".txt", ".md") or not path.is_file():
                 continue
