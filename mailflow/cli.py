@@ -427,9 +427,7 @@ def assign(state: State, ref: str, lead: str | None, communicator: str | None,
         raise MailflowError("name a role: --lead, --communicator or --scribe")
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
-    with app.db.atomic():
-        inc.assign(app, incident, now, author, lead=lead, communicator=communicator,
-                   scribe=scribe)
+    inc.assign(app, incident, now, author, lead=lead, communicator=communicator, scribe=scribe)
     click.echo(f"{incident.ref}: lead {incident.lead or '-'}, communicator "
                f"{incident.communicator or '-'}, scribe {incident.scribe or '-'}")
 
@@ -448,7 +446,7 @@ def add_recipient(state: State, ref: str, emails: tuple[str, ...], author: str) 
     """
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
-    with app.db.atomic():
+    with inc.locked(app, incident):
         for email in emails:
             inc.add_impacted(app, incident, email, now, author)
     click.echo(f"{incident.ref}: {len(emails)} added; they receive the next email")
@@ -474,7 +472,7 @@ def postmortem(state: State, ref: str, out: Path | None, done: bool, author: str
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
     if done:
-        with app.db.atomic():
+        with inc.locked(app, incident):
             incident.postmortem_done = True
             incident.save()
             inc.log(incident, now, "postmortem", "postmortem marked done", author=author)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .clock import parse_duration
 from .config import SEVERITIES
@@ -69,6 +71,34 @@ def log(incident: Incident, now: datetime, kind: str, text: str, author: str = "
     """Add a timeline entry. `shown` entries are carried (in orange) by the next email."""
     return Entry.create(incident=incident, at=now, kind=kind, author=author, text=text,
                         data=data, communicated_at=None if shown else now)
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def locked(app: Mailflow, incident: Incident) -> Iterator[Incident]:
+    """Hold the write lock and refresh `incident` in place before changing it.
+
+    The CLI and the daemon both change incidents; a row read before another process
+    resolved it must not be saved back over the resolution.
+    """
+    with app.db.atomic("IMMEDIATE"):
+        fresh = Incident.get_by_id(incident.id)
+        incident.__data__.update(fresh.__data__)
+        incident._dirty.clear()
+        yield incident
+
+
+def mutates(fn: F) -> F:
+    """Run a lifecycle change under `locked`: fresh state, one transaction."""
+    @functools.wraps(fn)
+    def wrapper(app: Mailflow, incident: Incident, *args: Any, **kwargs: Any) -> Any:
+        with locked(app, incident):
+            return fn(app, incident, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 # --- what an email shows ------------------------------------------------------------------
@@ -374,6 +404,7 @@ def require_open(incident: Incident) -> None:
                            "or use `mailflow close` for one with follow-up")
 
 
+@mutates
 def post_update(app: Mailflow, incident: Incident, text: str, author: str,
                 now: datetime) -> Entry:
     """Append an update; it goes out (in orange) with the next communication."""
@@ -391,6 +422,7 @@ def post_update(app: Mailflow, incident: Incident, text: str, author: str,
     return entry
 
 
+@mutates
 def change(app: Mailflow, incident: Incident, now: datetime, author: str, **fields: str) -> None:
     """Change severity / impact / eta / steps; each change is logged and shown as new."""
     require_open(incident)
@@ -419,6 +451,7 @@ def change(app: Mailflow, incident: Incident, now: datetime, author: str, **fiel
             schedule_mark(app, incident, sooner, now)
 
 
+@mutates
 def send_update(app: Mailflow, incident: Incident, now: datetime) -> list[str]:
     """Send the update now and set the next mark from the severity's cadence."""
     require_open(incident)
@@ -426,6 +459,7 @@ def send_update(app: Mailflow, incident: Incident, now: datetime) -> list[str]:
     return communicate(app, incident, "update", now)
 
 
+@mutates
 def set_next_update(app: Mailflow, incident: Incident, value: str, now: datetime,
                     author: str) -> datetime:
     """`next update: 30m` or `next update: 14:30` (UTC) moves the next mark."""
@@ -443,6 +477,7 @@ def set_next_update(app: Mailflow, incident: Incident, value: str, now: datetime
     return at
 
 
+@mutates
 def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author: str,
             follow_up: str = "") -> list[str]:
     """Mark resolved (green, or yellow with follow-up) and queue the solved notification."""
@@ -502,6 +537,7 @@ def send_postmortem(app: Mailflow, incident: Incident, now: datetime) -> None:
                due_at=working_days_later(now, 2)).on_conflict_ignore().execute()
 
 
+@mutates
 def close(app: Mailflow, incident: Incident, now: datetime, author: str,
           note: str = "") -> list[str]:
     """Follow-up done: send the final green notice of an incident resolved with follow-up."""
@@ -554,6 +590,7 @@ def describe(incident: Incident) -> dict[str, Any]:
 ROLES = ("lead", "communicator", "scribe")
 
 
+@mutates
 def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
            **roles: str | None) -> None:
     """Give a role to someone; a new lead restarts the handover clock (seeds/003, 004)."""
@@ -579,6 +616,7 @@ def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
         schedule_handover(app, incident, now)
 
 
+@mutates
 def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
                  author: str) -> Recipient:
     """seeds/000: "add people to the email when there is one" — from the next email on."""

@@ -45,7 +45,7 @@ def may_post(app: Mailflow, incident: Incident, sender: str) -> bool:
 def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, mail_from: str,
                  now: datetime) -> Outcome:
     """Apply one reply to one incident and commit; the caller answers SMTP with `code`."""
-    with app.db.atomic():
+    with inc.locked(app, incident):
         outcome = _apply(app, incident, reply, now)
         if outcome.code < 400:
             InMessage.create(incident=incident, received_at=now, mail_from=mail_from,

@@ -251,3 +251,14 @@ def test_overrides_take_precedence(app: Mailflow, sink: Sink, project) -> None: 
     custom.deliver_now(T0)
     assert text_of(by_rcpt(sink)["ana@example.org"][0]).startswith("CUSTOM INC-1 Hello Ana,")
     custom.close()
+
+
+def test_a_stale_copy_cannot_reopen_a_resolved_incident(app: Mailflow, sink: Sink) -> None:
+    stale = declare(app, impacted=[])
+    other = Incident.get_by_id(stale.id)  # e.g. the daemon, resolving from a reply
+    inc.resolve(app, other, T0 + timedelta(minutes=30), "Fixed", "bob@example.org")
+    assert stale.status == "open", "this copy was read before the resolution"
+    with pytest.raises(InvalidInput, match="already resolved"):
+        inc.send_update(app, stale, T0 + timedelta(minutes=31))
+    fresh = Incident.get_by_id(stale.id)
+    assert fresh.status == "resolved" and fresh.next_comm_at is None
