@@ -178,7 +178,7 @@ def make_project(folder: Path, port: int, contacts_text: str, concurrency: int =
     path = folder / "mailflow.toml"
     path.write_text(
         'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\n'
-        f'from = "{SENDER}"\nreply_to = "{ENVELOPE_FROM}"\nsecret = "bench-secret"\n\n'
+        f'from = "{SENDER}"\nreply_to = "{ENVELOPE_FROM}"\nsecret = "bench-secret-0123456789"\n\n'
         f'[outbound]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n'
         f"concurrency = {concurrency}\n",
         encoding="utf-8",

@@ -114,7 +114,7 @@ class Config:
     maildir: Path
     sender: str = "Incident Desk <incidents@example.org>"
     reply_to: str = "incidents@example.org"
-    secret: str = "change-me"
+    secret: str = ""
     previous_secret: str = ""
     previous_secret_until: datetime | None = None
     outbound: Outbound = field(default_factory=Outbound)
@@ -255,6 +255,25 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if max_size < 1024:
         raise fail("inbound.max_size", "must be at least 1024 bytes")
     templates = data.get("templates")
+    # The secret is all that stands between a stranger and a valid reply token.
+    if "secret" not in data:
+        raise fail("secret", "missing; `mailflow init` writes a random one, or set 16+ "
+                             "random characters (e.g. `python -c 'import secrets; "
+                             "print(secrets.token_hex(24))'`)")
+    secret = get(data, "secret", str, "")
+    previous_secret = get(data, "previous_secret", str, "")
+    for key, value in (("secret", secret), ("previous_secret", previous_secret)):
+        if value and (len(value) < 16 or value == "change-me"):
+            raise fail(key, "too short to sign tokens safely: use 16+ random characters")
+    if not secret:
+        raise fail("secret", "empty; use 16+ random characters")
+    if templates is not None and not (base / str(templates)).is_dir():
+        raise fail("templates", f"{(base / str(templates)).resolve()} is not a folder")
+    out_host = get(out, "host", str, "", "outbound.")
+    if out.get("username") and not out.get("starttls", True) and out.get("port", 587) != 465 \
+            and out_host not in ("127.0.0.1", "::1", "localhost"):
+        raise fail("outbound.username", "the password would cross the network in clear: "
+                                        "set starttls = true (or port 465)")
     tls = {}
     for key in ("tls_cert", "tls_key"):
         value = get(inb, key, str, "", "inbound.")
@@ -292,8 +311,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         maildir=resolve("maildir", "mail"),
         sender=sender,
         reply_to=reply_to,
-        secret=get(data, "secret", str, "change-me"),
-        previous_secret=get(data, "previous_secret", str, ""),
+        secret=secret,
+        previous_secret=previous_secret,
         previous_secret_until=until,
         outbound=Outbound(
             host=get(out, "host", str, "", "outbound."),

@@ -53,7 +53,7 @@ def write_config(folder: Path, port: int | None, extra: str = "") -> Path:
     path.write_text(
         'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\n'
         'from = "Incident Desk <incidents@example.org>"\nreply_to = "incidents@example.org"\n'
-        f'secret = "test-secret"\n{extra}\n{outbound}',
+        f'secret = "test-secret-0123456789"\n{extra}\n{outbound}',
         encoding="utf-8",
     )
     if not (folder / "contacts.yaml").exists():

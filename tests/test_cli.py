@@ -116,7 +116,7 @@ def test_bad_declarations_fail_with_one_line_and_write_nothing(project: Path, si
 def test_unknown_incident_and_bad_config(project: Path, tmp_path: Path) -> None:
     result = run(project, "show", "INC-7")
     assert result.exit_code == 1 and "no incident 'INC-7'" in result.stderr
-    (project / "mailflow.toml").write_text('secret = "x"\n[cadence]\nupdate_every = {P1 = "soon"}\n')
+    (project / "mailflow.toml").write_text('secret = "0123456789abcdef0"\n[cadence]\nupdate_every = {P1 = "soon"}\n')
     result = run(project, "list")
     assert result.exit_code == 1
     assert "mailflow.toml: cadence.update_every.P1:" in result.stderr

@@ -14,6 +14,8 @@ from mailflow.errors import ConfigError, InvalidInput
 
 def load(tmp_path: Path, text: str):  # noqa: ANN201
     path = tmp_path / "mailflow.toml"
+    if "secret" not in text:  # TOML keys before any table
+        text = 'secret = "0123456789abcdef0123"\n' + text
     path.write_text(text, encoding="utf-8")
     return load_config(path)
 
@@ -39,6 +41,11 @@ def test_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:
     ('reply_to = "desk+x@example.org"', "reply_to: the base address must not contain '+'"),
     ('from = "nobody"', "from: 'nobody' is not an email address"),
     ("[outbound", "not valid TOML"),
+    ('secret = "short"', "secret: too short"),
+    ('secret = ""', "secret: empty"),
+    ('templates = "nowhere"', "templates: "),
+    ('[outbound]\nhost = "smtp.example.org"\nstarttls = false\nusername = "u"\npassword = "p"',
+     "outbound.username: the password would cross the network in clear"),
 ])
 def test_errors_name_file_and_key(tmp_path: Path, text: str, where: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -87,11 +94,18 @@ def test_tokens_are_signed_and_checked() -> None:
 def test_a_rotated_secret_keeps_old_tokens_valid_for_a_grace_period(tmp_path: Path) -> None:
     from datetime import datetime, timezone
 
-    cfg = load(tmp_path, 'secret = "new"\nprevious_secret = "old"\n'
+    cfg = load(tmp_path, 'secret = "new-secret-0123456789"\nprevious_secret = "old-secret-0123456789"\n'
                          'previous_secret_until = "2026-12-01T00:00:00Z"\n')
     before = datetime(2026, 11, 30, tzinfo=timezone.utc)
     after = datetime(2026, 12, 1, tzinfo=timezone.utc)
-    old_token = tokens.sign(7, "old")
+    old_token = tokens.sign(7, "old-secret-0123456789")
     assert tokens.verify(old_token, cfg.secrets(before)) == 7
     assert tokens.verify(old_token, cfg.secrets(after)) is None
-    assert tokens.verify(tokens.sign(7, "new"), cfg.secrets(after)) == 7
+    assert tokens.verify(tokens.sign(7, "new-secret-0123456789"), cfg.secrets(after)) == 7
+
+
+def test_a_missing_secret_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mailflow.toml"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match="secret: missing; `mailflow init`"):
+        load_config(path)

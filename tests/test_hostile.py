@@ -598,7 +598,7 @@ def test_forged_tokens_are_refused_at_rcpt(app, sink, incident, inbound, address
     assert token is not None
     number, mac = token.split("-")
     flipped = mac[:-1] + ("0" if mac[-1] != "0" else "1")
-    other = tokens.sign(2, "test-secret").split("-")[1]
+    other = tokens.sign(2, "test-secret-0123456789").split("-")[1]
     forged = [
         f"{local}+{number}-{flipped}@{domain}",  # one hex digit off
         f"{local}+{number}-{mac[:-1]}@{domain}",  # truncated
@@ -610,9 +610,9 @@ def test_forged_tokens_are_refused_at_rcpt(app, sink, incident, inbound, address
         f"{local}+{number}-{mac}@evil.example",  # right token, wrong domain
         f"other+{number}-{mac}@{domain}",  # right token, wrong local part
         tokens.reply_address(local, domain, incident.id, "a-guessed-secret"),
-        tokens.reply_address(local, domain, 99, "test-secret"),  # no such incident
-        tokens.reply_address(local, domain, 0, "test-secret"),
-        tokens.reply_address(local, domain, 10**12 - 1, "test-secret"),
+        tokens.reply_address(local, domain, 99, "test-secret-0123456789"),  # no such incident
+        tokens.reply_address(local, domain, 0, "test-secret-0123456789"),
+        tokens.reply_address(local, domain, 10**12 - 1, "test-secret-0123456789"),
         f"{local}+{number}-{mac}+{number}-{mac}@{domain}",  # doubled
     ]
     for rcpt in forged:
@@ -627,7 +627,7 @@ def test_forged_tokens_are_refused_at_rcpt(app, sink, incident, inbound, address
 
 def test_rotated_out_secret(app, sink, incident, inbound, address) -> None:
     until = NOW + timedelta(hours=1)
-    app.config = replace(app.config, secret="new-secret", previous_secret="test-secret",
+    app.config = replace(app.config, secret="new-secret", previous_secret="test-secret-0123456789",
                          previous_secret_until=until)
     # Within the grace period the old token still works...
     assert inbound.send(reply("Old token, grace period"), address)[0] == 250
@@ -648,7 +648,7 @@ def test_rotated_out_secret(app, sink, incident, inbound, address) -> None:
 
 
 def test_token_of_a_non_existent_incident(app, sink, incident, inbound, address) -> None:
-    second = tokens.reply_address("incidents", "example.org", incident.id + 1, "test-secret")
+    second = tokens.reply_address("incidents", "example.org", incident.id + 1, "test-secret-0123456789")
     assert inbound.send(reply("To nowhere"), second)[0] == 550
     assert Entry.select().where(Entry.text == "To nowhere").count() == 0
     still_serves(inbound, address, incident)

@@ -140,11 +140,11 @@ def test_a_stranger_is_refused_and_the_lead_told_once(app, sink, incident, inbou
 
 def test_forged_and_foreign_addresses_are_refused_at_rcpt(app, sink, incident, inbound) -> None:  # noqa: ANN001
     good = reply_to(sink)
-    forged = good.replace(tokens.sign(incident.id, "test-secret"),
+    forged = good.replace(tokens.sign(incident.id, "test-secret-0123456789"),
                           tokens.sign(incident.id, "wrong-secret"))
     for address in (forged, "incidents+1-00000000000000000000@example.org",
                     "someone@example.org", "incidents@other.example",
-                    tokens.reply_address("incidents", "example.org", 99, "test-secret")):
+                    tokens.reply_address("incidents", "example.org", 99, "test-secret-0123456789")):
         code, _ = inbound.send(reply("hello"), address)
         assert code == 550, address
     assert posted(incident) == []

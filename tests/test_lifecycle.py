@@ -75,7 +75,7 @@ def test_start_goes_to_notify_lists_impacted_and_lead(app: Mailflow, sink: Sink)
     assert msg.get_content_type() == "multipart/alternative"
     local, token, domain = tokens.split_address(msg["Reply-To"])
     assert (local, domain) == ("incidents", "example.org")
-    assert tokens.verify(token or "", ["test-secret"]) == incident.id
+    assert tokens.verify(token or "", ["test-secret-0123456789"]) == incident.id
     text = text_of(msg)
     for expected in ("ISC Learn Platform", "Complete downtime", "P1", "student-council@example.org",
                      "unknown: depends on the database restore", "Restarting the DB primary",

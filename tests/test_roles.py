@@ -68,8 +68,8 @@ def test_severity_change_moves_marks_and_escalation_thresholds(app: Mailflow,
     from mailflow.config import load_config
 
     (project / "mailflow.toml").write_text((project / "mailflow.toml").read_text().replace(
-        'secret = "test-secret"',
-        'secret = "test-secret"\n[cadence]\nescalate = {P0 = ["1h", "4h"], P2 = ["1d"]}'))
+        'secret = "test-secret-0123456789"',
+        'secret = "test-secret-0123456789"\n[cadence]\nescalate = {P0 = ["1h", "4h"], P2 = ["1d"]}'))
     app = Mailflow(load_config(project / "mailflow.toml"))
     incident = declare(app, impacted=[], severity="P2")
     pending = lambda: sorted(d.key for d in Due.select().where(  # noqa: E731
