@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import peewee
 
 from . import clock
 from . import incidents as inc
@@ -30,6 +31,12 @@ class Group(click.Group):
             return super().invoke(ctx)
         except MailflowError as exc:
             raise click.ClickException(str(exc)) from None
+        except peewee.OperationalError as exc:
+            raise click.ClickException(
+                f"database: {exc}; is another mailflow holding it? try again") from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.filename or 'file'}: {exc.strerror or exc}") \
+                from None
 
 
 class State:

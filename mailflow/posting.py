@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from . import incidents as inc
 from .errors import MailflowError
 from .models import Entry, Incident, InMessage, OutMessage, Recipient
-from .render import one_line
+from .render import bare_address, one_line
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -175,6 +175,11 @@ def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
     if not sender or not app.contacts.knows(sender):
         return Outcome(550, f"5.7.1 {sender or 'this sender'} may not declare incidents: "
                             "not in contacts.yaml", "refused")
+    # Declaring alerts many people: the envelope sender must be the From address too (a
+    # forged From alone does not declare). Authenticate senders at your MTA (DMARC).
+    if bare_address(mail_from) != sender:
+        return Outcome(550, "5.7.1 to declare, the envelope sender must be the From address",
+                       "refused")
     fields, summary = parse_declaration(reply)
     missing = [k for k in ("service", "severity", "impact") if not fields.get(k)]
     problem = ""

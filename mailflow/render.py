@@ -18,7 +18,6 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,10 +36,11 @@ KINDS = ("start", "update", "solved", "reminder", "escalation", "handover", "not
 
 def builtin_templates() -> Path:
     """The folder of templates shipped with mailflow (the repo's top-level `templates/`)."""
-    source = Path(__file__).resolve().parent.parent / "templates"
+    here = Path(__file__).resolve().parent
+    source = here.parent / "templates"
     if (source / "base.html").is_file():  # a source checkout or an editable install
         return source
-    return Path(str(resources.files("mailflow.templates")))  # a wheel: installed package data
+    return here / "templates"  # a wheel: installed as the package data of mailflow.templates
 
 
 def one_line(value: str) -> str:
@@ -301,7 +301,7 @@ class Skeleton:
 
     def build(self, person: Personal, message_id: str, text: str, html: str) -> bytes:
         """One recipient's message, ready for SMTP (CRLF line endings)."""
-        name = one_line(person.name)
+        name = one_line(person.name)[:100]  # a header line stays under SMTP's 998 octets
         to = formataddr((name, person.email), charset="utf-8") if name else person.email
         parts = [self.shared, b"To: ", one_line(to).encode(), b"\r\nMessage-ID: ",
                  one_line(message_id).encode(), b"\r\n"]

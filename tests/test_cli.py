@@ -189,3 +189,10 @@ def test_parse_reply_shows_what_would_be_posted(tmp_path: Path) -> None:
     assert "AUTO-REPLY, never posted (Auto-Submitted" in human.stdout
     bounce = CliRunner().invoke(cli, ["parse-reply", str(fixtures / "dsn_bounce.eml")])
     assert "BOUNCE" in bounce.stdout
+
+
+def test_file_errors_are_one_line(project: Path, sink: Sink) -> None:
+    assert run(project, *DECLARE).exit_code == 0
+    result = run(project, "preview", "INC-1", "--out", "/nonexistent/dir/x.html")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: /nonexistent/dir/x.html: No such file or directory"

@@ -284,3 +284,11 @@ def test_a_bounce_is_recorded_but_cannot_silence_a_recipient(app, sink, incident
     inc.send_update(app, Incident.get_by_id(incident.id), NOW)
     app.deliver_now(NOW)
     assert "ops-team@example.org" in by_rcpt(sink), "anyone holding the token could forge it"
+
+
+def test_a_forged_from_cannot_declare(app, sink, inbound) -> None:  # noqa: ANN001
+    msg = reply("service: learn\nseverity: P0\nimpact: outage\n\nEverything is down",
+                sender="ana@example.org")
+    code, answer = inbound.send(msg, "incidents@example.org", mail_from="attacker@evil.example")
+    assert code == 550 and b"envelope sender" in answer
+    assert Incident.select().count() == 0

@@ -1,0 +1,92 @@
+"""The application object: config, database, contacts, templates and outbox, opened once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+
+from .config import Config, load_config
+from .contacts import Contacts, empty_contacts, load_contacts
+from .models import Incident, OutMessage, open_database
+from .outbox import Outbox, Report, Transport, make_transport
+from .render import Renderer
+
+log = logging.getLogger(__name__)
+
+
+class Mailflow:
+    """Everything a command or the daemon needs; CLI commands are thin wrappers over it."""
+
+    def __init__(self, config: Config, contacts: Contacts | None = None,
+                 transport_factory: type | None = None) -> None:
+        self.config = config
+        self.db = open_database(config.database)
+        if contacts is None:
+            contacts = load_contacts(config.contacts) if config.contacts.exists() else empty_contacts()
+        self.contacts = contacts
+        self.renderer = Renderer(config.templates)
+        self.outbox = Outbox(self.db, config.outbound.retry_for)
+        self.outbox.on_failure = self._tell_lead
+        # Tests and benchmarks pass a factory for an in-memory or switchable transport.
+        self._transport_factory = transport_factory
+
+    def reload(self) -> None:
+        """Re-read config, contacts and templates; on any error keep the old ones and raise.
+
+        The database and the inbound address are kept: they cannot change under a running
+        daemon (restart it for those).
+        """
+        config = self.config
+        if config.path is not None:
+            config = replace(load_config(config.path), database=self.config.database,
+                             inbound=self.config.inbound)
+        contacts = load_contacts(config.contacts)
+        renderer = Renderer(config.templates)
+        renderer.check()
+        self.config, self.contacts, self.renderer = config, contacts, renderer
+        self.outbox.retry_for = config.outbound.retry_for
+
+    def _tell_lead(self, msg: OutMessage, error: str, now: datetime) -> None:
+        """A permanent delivery failure is told to the incident lead (once per message)."""
+        from . import incidents as inc
+
+        incident = Incident.get_or_none(Incident.id == msg.incident_id)
+        if incident is None or not incident.lead or msg.kind == "notice" \
+                or msg.recipient == incident.lead:
+            return  # a failed notice is not noticed again (no loops), nor the lead's own
+        lead = inc.add_recipient(self, incident, incident.lead, "as the incident lead", now)
+        inc.communicate(self, incident, "notice", now, to=[lead], marks_sent=False,
+                        title=f"An email of {incident.ref} could not be delivered",
+                        paragraphs=[f"The {msg.kind} email to {msg.recipient} failed: {error}",
+                                    "Check the address in contacts.yaml or with the person; "
+                                    "`mailflow show " + incident.ref + "` lists every delivery."])
+
+    def transports(self) -> list[Transport]:
+        """One transport per configured concurrent connection."""
+        n = self.config.outbound.concurrency if self.config.outbound.host else 1
+        if self._transport_factory is not None:
+            return [self._transport_factory() for _ in range(n)]
+        return [make_transport(self.config.outbound, self.config.maildir) for _ in range(n)]
+
+    async def deliver(self, now: datetime, clock: Callable[[], datetime] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Report:
+        """Send everything in the outbox that is due at `now` (see Outbox.deliver)."""
+        transports = self.transports()
+        try:
+            return await self.outbox.deliver(transports[0], now, len(transports), transports[1:],
+                                             clock=clock, should_stop=should_stop)
+        finally:
+            for t in transports:
+                await t.close()
+
+    def deliver_now(self, now: datetime) -> Report:
+        """Synchronous wrapper for the CLI."""
+        return asyncio.run(self.deliver(now))
+
+    def close(self) -> None:
+        """Close the database."""
+        self.outbox.close()
+        self.db.close()

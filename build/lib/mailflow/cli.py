@@ -1,0 +1,505 @@
+"""The `mailflow` command: a thin click layer over the library. MailflowError → exit 1 + hint."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import peewee
+
+from . import clock
+from . import incidents as inc
+from .app import Mailflow
+from .config import EXAMPLE_TOML, find_config, load_config
+from .contacts_cli import contacts
+from .errors import MailflowError
+from .models import Incident, OutMessage
+from .outbox import Report
+from .render import Personal, builtin_templates
+
+
+class Group(click.Group):
+    """Turns every MailflowError into a one-line `Error: …` and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MailflowError as exc:
+            raise click.ClickException(str(exc)) from None
+        except peewee.OperationalError as exc:
+            raise click.ClickException(
+                f"database: {exc}; is another mailflow holding it? try again") from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.filename or 'file'}: {exc.strerror or exc}") \
+                from None
+
+
+class State:
+    """Lazily opened application, so `init` and `--help` need no config."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = find_config(config_path)
+        self._app: Mailflow | None = None
+
+    @property
+    def app(self) -> Mailflow:
+        if self._app is None:
+            self._app = Mailflow(load_config(self.config_path))
+        return self._app
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def default_author() -> str:
+    """Who is acting, for the timeline: $MAILFLOW_USER, else the login name."""
+    return os.environ.get("MAILFLOW_USER") or os.environ.get("USER") or "cli"
+
+
+author_option = click.option("--author", default=default_author, show_default="$MAILFLOW_USER",
+                             help="Who is acting (recorded in the timeline).")
+
+
+def deliver(app: Mailflow, now: Any) -> Report:
+    """Deliver what is queued; a relay outage is an error, but the mail stays queued."""
+    report = app.deliver_now(now)
+    if report.retrying or report.failed:
+        waiting = app.outbox.pending()
+        raise MailflowError(
+            f"{report.errors[0]}; {waiting} email(s) wait in the outbox and "
+            "`mailflow tick` (or the daemon) retries them"
+            if report.retrying else f"{report.failed} email(s) failed: {report.errors[0]}")
+    return report
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="FILE", envvar="MAILFLOW_CONFIG",
+              help="Config file (default: $MAILFLOW_CONFIG, else ./mailflow.toml).")
+@click.version_option(package_name="mailflow")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Incident communication over plain email.
+
+    \b
+    Example:
+      mailflow init
+      mailflow declare --service learn --severity P1 --impact outage --summary "502s"
+    """
+    ctx.obj = State(config_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+@cli.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=".",
+              help="Where to write the files (default: here).")
+def init(folder: Path) -> None:
+    """Write mailflow.toml and contacts.yaml; never overwrites an existing file.
+
+    \b
+    Example:
+      mailflow init && mailflow contacts check
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "mailflow.toml": EXAMPLE_TOML.format(secret=secrets.token_hex(24)),
+        "contacts.yaml": (builtin_templates() / "contacts.yaml").read_text(encoding="utf-8"),
+    }
+    for name, text in files.items():
+        path = folder / name
+        if path.exists():
+            click.echo(f"kept {path} (exists)")
+            continue
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--service", required=True, help="Service key from contacts.yaml.")
+@click.option("--severity", required=True, help="P0, P1, P2 or P3 (seeds/002).")
+@click.option("--impact", required=True, help="outage (complete downtime) or degraded.")
+@click.option("--summary", required=True, help="One line: what is broken.")
+@click.option("--impacted", multiple=True, metavar="EMAIL",
+              help="Someone impacted, added to the emails (repeatable).")
+@click.option("--eta", default="", help="How long it will last, or what makes it uncertain.")
+@click.option("--started", default="", help="What has been started.")
+@click.option("--next-steps", default="", help="The next debugging steps.")
+@click.option("--lead", default=None, metavar="EMAIL", help="The incident lead.")
+@click.option("--queue-only", is_flag=True, help="Queue the start emails; `tick` sends them.")
+@author_option
+@pass_state
+def declare(state: State, service: str, severity: str, impact: str, summary: str,
+            impacted: tuple[str, ...], eta: str, started: str, next_steps: str,
+            lead: str | None, queue_only: bool, author: str) -> None:
+    """Declare an incident and send the start notification. Prints the reference first.
+
+    \b
+    Example:
+      mailflow declare --service learn --severity P1 --impact outage \\
+          --summary "Learn platform returns 502" --lead ana@example.org
+    """
+    app, now = state.app, clock.now()
+    incident = inc.declare(app, now, service=service, severity=severity, impact=impact,
+                           summary=summary, impacted=impacted, eta=eta, started=started,
+                           next_steps=next_steps, lead=lead, author=author)
+    click.echo(incident.ref)
+    queued = OutMessage.select().where(OutMessage.incident == incident).count()
+    click.echo(f"start notification queued for {queued} recipient(s); "
+               f"next communication at {incident.next_comm_at:%H:%M} UTC", err=True)
+    if not queue_only:
+        report = deliver(app, now)
+        click.echo(f"sent {report.sent}", err=True)
+
+
+@cli.command()
+@pass_state
+def tick(state: State) -> None:
+    """Do what is due now (reminders, updates, escalations), send the outbox, exit.
+
+    \b
+    Example:
+      MAILFLOW_NOW=2026-11-24T11:00:00Z mailflow tick
+    """
+    from .scheduler import run_due
+
+    app, now = state.app, clock.now()
+    report = run_due(app, now)
+    for line in report.done:
+        click.echo(f"done: {line}")
+    delivery = app.deliver_now(now)
+    click.echo(f"sent {delivery.sent}, retrying {delivery.retrying}, failed {delivery.failed}")
+    errors = report.errors + delivery.errors
+    if errors:
+        raise MailflowError("; ".join(errors))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--text", required=True, help="What is new.")
+@click.option("--send", is_flag=True, help="Send the update now instead of at the next mark.")
+@author_option
+@pass_state
+def update(state: State, ref: str, text: str, send: bool, author: str) -> None:
+    """Add an update; it goes out at the next mark, or now with --send.
+
+    \b
+    Example:
+      mailflow update INC-1 --text "Index is corrupt; rebuilding" --send
+    """
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    inc.post_update(app, incident, text, author, now)
+    if send:
+        msgs = inc.send_update(app, incident, now)
+        report = deliver(app, now)
+        click.echo(f"update sent to {report.sent} of {len(msgs)}; next communication at "
+                   f"{incident.next_comm_at:%H:%M} UTC")
+    else:
+        click.echo(f"update recorded; it goes out at {incident.next_comm_at:%H:%M} UTC")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--steps", required=True, help="The resolution steps (shown in green).")
+@click.option("--follow-up", default="", help="Follow-up work still to do (yellow); `close` later.")
+@author_option
+@pass_state
+def resolve(state: State, ref: str, steps: str, follow_up: str, author: str) -> None:
+    """Resolve an incident and send the solved notification.
+
+    \b
+    Example:
+      mailflow resolve INC-1 --steps "Rebuilt the index; restarted app servers"
+    """
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    solved = inc.resolve(app, incident, now, steps, author, follow_up=follow_up)
+    deliver(app, now)
+    lead = f"; postmortem draft sent to {incident.lead}" if incident.lead else ""
+    click.echo(f"{incident.ref} {incident.status}; solved notification sent to "
+               f"{len(solved)}{lead}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--note", default="", help="What was done for the follow-up.")
+@author_option
+@pass_state
+def close(state: State, ref: str, note: str, author: str) -> None:
+    """Close an incident resolved with --follow-up: the final green notice.
+
+    \b
+    Example:
+      mailflow close INC-1 --note "Replica rebuilt; backups verified"
+    """
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    inc.close(app, incident, now, author, note)
+    report = deliver(app, now)
+    click.echo(f"{incident.ref} closed; final notice sent to {report.sent}")
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "show_all", is_flag=True, help="Include resolved incidents.")
+@pass_state
+def list_(state: State, as_json: bool, show_all: bool) -> None:
+    """List incidents (open ones unless --all).
+
+    \b
+    Example:
+      mailflow list --all --json
+    """
+    state.app  # noqa: B018 - opens the database
+    q = Incident.select().order_by(Incident.id.desc())
+    if not show_all:
+        q = q.where(Incident.status != "resolved")
+    rows = [{
+        "ref": i.ref, "status": i.status, "severity": i.severity, "impact": i.impact,
+        "service": i.service, "summary": i.summary, "lead": i.lead,
+        "declared_at": i.declared_at.isoformat().replace("+00:00", "Z"),
+        "next_communication_at":
+            i.next_comm_at.isoformat().replace("+00:00", "Z") if i.next_comm_at else None,
+    } for i in q]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no incidents" if show_all else "no open incidents (--all shows resolved ones)")
+    for r in rows:
+        nxt = f" next {r['next_communication_at'][11:16]} UTC" if r["next_communication_at"] else ""
+        click.echo(f"{r['ref']:<8} {r['status']:<9} {r['severity']} {r['impact']:<8} "
+                   f"{r['service']}: {r['summary']}{nxt}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def show(state: State, ref: str, as_json: bool) -> None:
+    """Show one incident: fields, recipients with delivery state, and the timeline.
+
+    \b
+    Example:
+      mailflow show INC-1 --json
+    """
+    state.app  # noqa: B018
+    data = inc.describe(inc.get_incident(ref))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{data['ref']}  {data['subject']}")
+    for key in ("status", "severity", "impact", "summary", "lead", "declared_at",
+                "next_communication_at", "resolved_at"):
+        if data[key]:
+            click.echo(f"  {key:<22} {data[key]}")
+    click.echo("recipients:")
+    for r in data["recipients"]:
+        states = ", ".join(f"{m['kind']} {m['status']}" for m in r["messages"]) or "nothing yet"
+        click.echo(f"  {r['email']:<32} {r['status']:<7} {states}")
+    click.echo("timeline:")
+    for e in data["timeline"]:
+        who = f" [{e['author']}]" if e["author"] else ""
+        click.echo(f"  {e['at'][:16].replace('T', ' ')} {e['kind']:<10}{who} {e['text']}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--kind", type=click.Choice(["start", "update", "solved", "reminder"]),
+              default="update", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the HTML here (default: stdout).")
+@click.option("--text", "as_text", is_flag=True, help="The plain-text part instead.")
+@pass_state
+def preview(state: State, ref: str, kind: str, out: Path | None, as_text: bool) -> None:
+    """Render what an email would look like now, without sending or changing anything.
+
+    \b
+    Example:
+      mailflow preview INC-1 --kind update --out update.html
+    """
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    extra: dict[str, Any] = {}
+    if kind == "solved":
+        ended = incident.resolved_at or now
+        extra = dict(grade=incident.status if incident.status != "open" else "resolved",
+                     resolution=incident.resolution or "(resolution steps)",
+                     follow_up=incident.follow_up, ended_at=ended,
+                     duration=ended - incident.declared_at)
+    ctx = inc.context(app, incident, kind, now, **extra)
+    person = Personal(email=incident.lead or "you@example.org",
+                      name="", reason="as a preview")
+    body = (app.renderer.text(kind, ctx, person) if as_text
+            else app.renderer.preview(kind, ctx, person))
+    if out is None:
+        click.echo(body)
+    else:
+        out.write_text(body, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Override [inbound] host.")
+@click.option("--port", type=int, default=None, help="Override [inbound] port (0: any free).")
+@click.option("--tick", "tick_seconds", type=float, default=5.0, show_default=True,
+              help="Seconds between scheduler ticks.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@pass_state
+def serve(state: State, host: str | None, port: int | None, tick_seconds: float,
+          verbose: bool) -> None:
+    """Run the daemon: inbound SMTP for replies, reminders, marks, escalations, outbox.
+
+    \b
+    Example:
+      mailflow --config /etc/mailflow/mailflow.toml serve
+    """
+    import asyncio
+    import logging
+    from dataclasses import replace
+
+    from .daemon import Daemon, setup_logging
+
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+    config = load_config(state.config_path)
+    inbound = replace(config.inbound, host=host or config.inbound.host,
+                      port=config.inbound.port if port is None else port)
+    state._app = Mailflow(replace(config, inbound=inbound))
+    state.app.renderer.check()
+    try:
+        code = asyncio.run(Daemon(state.app, tick_seconds=tick_seconds).run())
+    except OSError as exc:
+        raise MailflowError(f"cannot listen on {inbound.host}:{inbound.port}: {exc}") from None
+    sys.exit(code)
+
+
+@cli.command("parse-reply")
+@click.argument("file", type=click.File("rb"))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def parse_reply_cmd(file: Any, as_json: bool) -> None:
+    """Show what a reply would post: its text, its commands, auto-reply or bounce.
+
+    \b
+    Example:
+      mailflow parse-reply reply.eml --json
+    """
+    from dataclasses import asdict
+
+    from .replies import parse_reply
+
+    reply = parse_reply(file.read())
+    data = asdict(reply)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"from:     {reply.sender_name} <{reply.sender}>")
+    click.echo(f"subject:  {reply.subject}")
+    if reply.is_bounce:
+        click.echo(f"BOUNCE ({reply.reason}): {', '.join(reply.bounced_recipients) or '?'}")
+    elif reply.is_auto_reply:
+        click.echo(f"AUTO-REPLY, never posted ({reply.reason})")
+    for command in reply.commands:
+        click.echo(f"command:  {command.name}{': ' + command.value if command.value else ''}")
+    click.echo("text:" if reply.text else "text:     (nothing of the sender's own)")
+    for line in reply.text.splitlines():
+        click.echo(f"  {line}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--lead", default=None, metavar="EMAIL")
+@click.option("--communicator", default=None, metavar="EMAIL")
+@click.option("--scribe", default=None, metavar="EMAIL")
+@author_option
+@pass_state
+def assign(state: State, ref: str, lead: str | None, communicator: str | None,
+           scribe: str | None, author: str) -> None:
+    """Give the lead, communicator or scribe role; a new lead restarts the handover clock.
+
+    \b
+    Example:
+      mailflow assign INC-1 --lead bob@example.org --scribe chloe@example.org
+    """
+    if not (lead or communicator or scribe):
+        raise MailflowError("name a role: --lead, --communicator or --scribe")
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    inc.assign(app, incident, now, author, lead=lead, communicator=communicator, scribe=scribe)
+    click.echo(f"{incident.ref}: lead {incident.lead or '-'}, communicator "
+               f"{incident.communicator or '-'}, scribe {incident.scribe or '-'}")
+
+
+@cli.command("add-recipient")
+@click.argument("ref")
+@click.argument("emails", nargs=-1, required=True)
+@author_option
+@pass_state
+def add_recipient(state: State, ref: str, emails: tuple[str, ...], author: str) -> None:
+    """Add impacted people to an incident's emails, from the next one on.
+
+    \b
+    Example:
+      mailflow add-recipient INC-1 dean@example.org
+    """
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    with inc.locked(app, incident):
+        for email in emails:
+            inc.add_impacted(app, incident, email, now, author)
+    click.echo(f"{incident.ref}: {len(emails)} added; they receive the next email")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown here (default: stdout).")
+@click.option("--done", is_flag=True, help="Mark the postmortem as written: no more reminders.")
+@author_option
+@pass_state
+def postmortem(state: State, ref: str, out: Path | None, done: bool, author: str) -> None:
+    """Write the postmortem draft (seeds/002 template) of a resolved incident, or mark it done.
+
+    \b
+    Example:
+      mailflow postmortem INC-1 --out INC-1-postmortem.md
+      mailflow postmortem INC-1 --done
+    """
+    from .postmortem import draft
+
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    if done:
+        with inc.locked(app, incident):
+            incident.postmortem_done = True
+            incident.save()
+            inc.log(incident, now, "postmortem", "postmortem marked done", author=author)
+        click.echo(f"{incident.ref}: postmortem marked done")
+        return
+    text = draft(app, incident, now)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
+cli.add_command(contacts)
+
+
+def main() -> None:
+    """Entry point of the `mailflow` script."""
+    cli(prog_name="mailflow")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,962 @@
+"""contacts.yaml → typed people, lists and services; validation with `file:line:`; safe edits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import tempfile
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email.utils import parseaddr
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
+
+from . import clock
+from .errors import ContactsError, InvalidInput, NotFound
+
+__all__ = [
+    "Contacts",
+    "ContactsFile",
+    "Person",
+    "Service",
+    "empty_contacts",
+    "is_address",
+    "load_contacts",
+    "parse_contacts",
+]
+
+_FORBIDDEN = r"@\s<>,;\"\x00-\x1f\x7f"
+_ADDRESS = re.compile(rf"[^{_FORBIDDEN}]+@[^{_FORBIDDEN}.]+(?:\.[^{_FORBIDDEN}.]+)+")
+
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
+_KINDS = {
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "true/false",
+    "tag:yaml.org,2002:timestamp": "a date",
+}
+
+_TOP_KEYS = ("people", "lists", "services")
+_PERSON_KEYS = ("name", "email", "expertise", "timezone")
+_SERVICE_KEYS = ("title", "notify", "escalate", "expertise")
+
+
+def is_address(text: str) -> bool:
+    """True for a plain, well-formed email address (one @, a dotted domain, no spaces or <>)."""
+    return bool(_ADDRESS.fullmatch(text))
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone in the directory; `email` is kept as written, lookups ignore its case."""
+
+    name: str
+    email: str
+    expertise: tuple[str, ...] = ()
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service incidents are declared against: who hears about it and who gets escalations."""
+
+    key: str
+    title: str
+    notify: tuple[str, ...]
+    escalate: tuple[tuple[timedelta, tuple[str, ...]], ...]
+    expertise: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Contacts:
+    """A validated, immutable contacts.yaml."""
+
+    people: Mapping[str, Person]
+    lists: Mapping[str, tuple[str, ...]]
+    services: Mapping[str, Service]
+    path: Path | None = None
+    # Where `lists:` is, so an unknown-list error can still point at a line.
+    _lists_line: int = field(default=1, repr=False, compare=False)
+
+    @cached_property
+    def _listed(self) -> frozenset[str]:
+        return frozenset(a.lower() for members in self.lists.values() for a in members)
+
+    def _where(self) -> str:
+        return str(self.path) if self.path is not None else "contacts.yaml"
+
+    def person(self, email: str) -> Person | None:
+        """The person with this address (any case; "Name <addr>" accepted), or None."""
+        return self.people.get(_bare_address(email))
+
+    def expand(self, list_names: Iterable[str]) -> list[str]:
+        """Addresses of the named lists, de-duplicated ignoring case, in order of appearance."""
+        if isinstance(list_names, str):  # a lone name would otherwise iterate per character
+            list_names = (list_names,)
+        seen: set[str] = set()
+        out: list[str] = []
+        for name in list_names:
+            members = self.lists.get(name)
+            if members is None:
+                known = ", ".join(self.lists) or "none defined"
+                raise ContactsError(
+                    f"{self._where()}:{self._lists_line}: no list named {name!r} "
+                    f"(known lists: {known}); add it under `lists:`"
+                )
+            for address in members:
+                if address.lower() not in seen:
+                    seen.add(address.lower())
+                    out.append(address)
+        return out
+
+    def service(self, key: str) -> Service:
+        """The service with this key; NotFound names the services that exist."""
+        found = self.services.get(key)
+        if found is None:
+            # Typing `Learn` for `learn` on a command line should not fail.
+            matches = [s for k, s in self.services.items() if k.casefold() == key.casefold()]
+            if len(matches) == 1:
+                return matches[0]
+            if self.services:
+                known = ", ".join(self.services)
+                raise NotFound(f"no service {key!r} in {self._where()}; known services: {known}")
+            raise NotFound(
+                f"no service {key!r}: {self._where()} defines no services; "
+                "add one under `services:`"
+            )
+        return found
+
+    def knows(self, email: str) -> bool:
+        """True if the address belongs to a person or appears in any list."""
+        address = _bare_address(email)
+        return address in self.people or address in self._listed
+
+    def experts(self, tags: Iterable[str]) -> list[tuple[Person, tuple[str, ...]]]:
+        """People with at least one of the tags (any case): most matches first, then by name."""
+        if isinstance(tags, str):
+            tags = (tags,)
+        wanted = {t.casefold() for t in tags}
+        found = []
+        for person in self.people.values():
+            matched = tuple(t for t in person.expertise if t.casefold() in wanted)
+            if matched:
+                found.append((person, matched))
+        found.sort(key=lambda pm: (-len(pm[1]), pm[0].name.casefold(), pm[0].email.lower()))
+        return found
+
+    def escalation_lists(self, service_key: str, threshold: timedelta) -> tuple[str, ...]:
+        """The lists a service escalates to at exactly this threshold; () when there are none."""
+        for at, names in self.service(service_key).escalate:
+            if at == threshold:
+                return names
+        return ()
+
+
+def empty_contacts() -> Contacts:
+    """Contacts with nobody in them, for running without a contacts file."""
+    return Contacts(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
+
+
+def load_contacts(path: Path | str) -> Contacts:
+    """Read and validate a contacts file; any problem is a ContactsError naming the file."""
+    path = Path(path)
+    return parse_contacts(_read_text(path), path)
+
+
+def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
+    """Validate contacts.yaml text; every problem is reported as `file:line: reason`."""
+    where = str(path)
+    root = _compose(text, where)
+    if root is None:  # empty or comments only: a directory with nobody in it yet
+        return Contacts(
+            MappingProxyType({}), MappingProxyType({}), MappingProxyType({}), Path(path)
+        )
+    if not isinstance(root, MappingNode):
+        raise ContactsError(
+            f"{where}:{_line(root)}: the top level must be a mapping with "
+            "`people:`, `lists:` and `services:`"
+        )
+    check = _Checker(where)
+    sections = check.entries(root)
+    for key, (key_node, _) in sections.items():
+        if key not in _TOP_KEYS:
+            check.error(key_node, f"unknown key {key!r}; expected one of: {', '.join(_TOP_KEYS)}")
+    people = _parse_people(check, sections.get("people"))
+    lists, list_names = _parse_lists(check, sections.get("lists"))
+    services = _parse_services(check, sections.get("services"), list_names)
+    check.raise_if_any()
+    lists_line = _line(sections["lists"][0]) if "lists" in sections else 1
+    return Contacts(
+        MappingProxyType(people),
+        MappingProxyType(lists),
+        MappingProxyType(services),
+        Path(path),
+        lists_line,
+    )
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+class _Checker:
+    """Collects `file:line: reason` problems so one run reports all of them."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.errors: list[tuple[int, str]] = []
+
+    def error(self, at: Node | int, reason: str) -> None:
+        self.errors.append((at if isinstance(at, int) else _line(at), reason))
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            ordered = sorted(self.errors, key=lambda e: e[0])  # stable: same line keeps order
+            raise ContactsError("\n".join(f"{self.where}:{ln}: {why}" for ln, why in ordered))
+
+    def entries(self, node: MappingNode) -> dict[str, tuple[Node, Node]]:
+        """Mapping entries by key text; duplicate and non-scalar keys are reported."""
+        out: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                self.error(key_node, "a key must be a plain word, not a list or mapping")
+                continue
+            key = key_node.value
+            if key in out:
+                first = _line(out[key][0])
+                self.error(key_node, f"duplicate key {key!r} (first given at line {first})")
+                continue
+            out[key] = (key_node, value_node)
+        return out
+
+    def text(self, key_node: Node, node: Node, what: str) -> str | None:
+        """A scalar string value, or None after reporting why it is not one."""
+        if isinstance(node, ScalarNode) and node.tag == _NULL:
+            self.error(key_node, f"{what} is empty")
+            return None
+        if isinstance(node, ScalarNode) and node.tag == _STR:
+            return str(node.value)
+        self.error(node, f"{what} must be text, not {_kind(node)}; put it in quotes if needed")
+        return None
+
+    def texts(self, key_node: Node, node: Node, what: str, example: str) -> list[tuple[str, Node]]:
+        """A list of strings (null counts as empty); each bad item is reported."""
+        if isinstance(node, ScalarNode) and node.tag == _NULL:
+            return []
+        if not isinstance(node, SequenceNode):
+            self.error(node, f"{what} must be a list, e.g. {example}; got {_kind(node)}")
+            return []
+        out: list[tuple[str, Node]] = []
+        for item in node.value:
+            if isinstance(item, ScalarNode) and item.tag == _STR and item.value.strip():
+                out.append((str(item.value).strip(), item))
+            else:
+                self.error(
+                    item, f"{what} must be a list of text, e.g. {example}; got {_kind(item)}"
+                )
+        return out
+
+
+def _parse_people(check: _Checker, entry: tuple[Node, Node] | None) -> dict[str, Person]:
+    people: dict[str, Person] = {}
+    if entry is None or _is_null(entry[1]):
+        return people
+    key_node, node = entry
+    if not isinstance(node, SequenceNode):
+        check.error(
+            node if not _is_null(node) else key_node,
+            "`people:` must be a list of people, e.g. - {name: Ana Lima, email: ana@example.org}",
+        )
+        return people
+    first_line: dict[str, tuple[int, str]] = {}
+    for item in node.value:
+        if not isinstance(item, MappingNode):
+            check.error(
+                item,
+                f"each person must be a mapping like {{name: ..., email: ...}}, not {_kind(item)}",
+            )
+            continue
+        fields = check.entries(item)
+        for key, (k, _) in fields.items():
+            if key not in _PERSON_KEYS:
+                check.error(
+                    k, f"unknown key {key!r} for a person; expected: {', '.join(_PERSON_KEYS)}"
+                )
+        name = _person_name(check, item, fields)
+        email = _person_email(check, item, fields, name)
+        expertise = _tags(check, fields.get("expertise"))
+        tz_ok, timezone = _timezone(check, fields.get("timezone"))
+        if email is not None:
+            where = fields["email"][1]
+            seen = first_line.get(email.lower())
+            if seen is not None:
+                check.error(
+                    where, f"duplicate email {email} (already used by {seen[1]} at line {seen[0]})"
+                )
+                continue
+            first_line[email.lower()] = (_line(where), name or email)
+        if name is None or email is None or not tz_ok:
+            continue
+        people[email.lower()] = Person(name, email, expertise, timezone)
+    return people
+
+
+def _person_name(check: _Checker, item: Node, fields: dict[str, tuple[Node, Node]]) -> str | None:
+    if "name" not in fields:
+        check.error(item, "person has no `name:`")
+        return None
+    key_node, node = fields["name"]
+    name = check.text(key_node, node, "name")
+    if name is None:
+        return None
+    name = name.strip()
+    if not name:
+        check.error(node, "name is empty")
+        return None
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        # Names end up in From/To headers, where a line break would start a new header.
+        check.error(node, f"name {name!r} contains a line break or control character")
+        return None
+    return name
+
+
+def _person_email(
+    check: _Checker, item: Node, fields: dict[str, tuple[Node, Node]], name: str | None
+) -> str | None:
+    if "email" not in fields:
+        check.error(item, f"person {name!r} has no `email:`" if name else "person has no `email:`")
+        return None
+    key_node, node = fields["email"]
+    email = check.text(key_node, node, "email")
+    if email is None:
+        return None
+    if not is_address(email):
+        check.error(node, f"{email!r} is not a valid email address (write e.g. ana@example.org)")
+        return None
+    return email
+
+
+def _tags(check: _Checker, entry: tuple[Node, Node] | None) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    tags = check.texts(entry[0], entry[1], "expertise", "[postgres, backups]")
+    return tuple(dict.fromkeys(t for t, _ in tags))
+
+
+def _timezone(check: _Checker, entry: tuple[Node, Node] | None) -> tuple[bool, str | None]:
+    """(valid, zone name or None when absent)."""
+    if entry is None or _is_null(entry[1]):
+        return True, None
+    tz = check.text(entry[0], entry[1], "timezone")
+    if tz is None:
+        return False, None
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        check.error(
+            entry[1], f"unknown time zone {tz!r}; use an IANA name such as Europe/Zurich or UTC"
+        )
+        return False, None
+    return True, tz
+
+
+def _parse_lists(
+    check: _Checker, entry: tuple[Node, Node] | None
+) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+    lists: dict[str, tuple[str, ...]] = {}
+    names: set[str] = set()  # includes broken lists, so services don't report them twice
+    if entry is None or _is_null(entry[1]):
+        return lists, names
+    key_node, node = entry
+    if not isinstance(node, MappingNode):
+        check.error(node, "`lists:` must map list names to addresses, e.g. stakeholders: [...]")
+        return lists, names
+    for name, (k, value) in check.entries(node).items():
+        names.add(name)
+        if not name.strip():
+            check.error(k, "a list needs a name")
+            continue
+        if _is_null(value):
+            lists[name] = ()
+            continue
+        if not isinstance(value, SequenceNode):
+            check.error(
+                value,
+                f"list {name!r} must be a list of addresses, e.g. [ana@example.org]; "
+                f"got {_kind(value)}",
+            )
+            continue
+        members = []
+        ok = True
+        for item in value.value:
+            if not (isinstance(item, ScalarNode) and item.tag == _STR):
+                check.error(
+                    item, f"list {name!r}: each entry must be an address, not {_kind(item)}"
+                )
+                ok = False
+            elif not is_address(item.value):
+                check.error(
+                    item,
+                    f"list {name!r}: {item.value!r} is not a valid email address "
+                    "(write e.g. ana@example.org)",
+                )
+                ok = False
+            else:
+                members.append(str(item.value))
+        if ok:
+            lists[name] = tuple(members)
+    return lists, names
+
+
+def _parse_services(
+    check: _Checker, entry: tuple[Node, Node] | None, list_names: set[str]
+) -> dict[str, Service]:
+    services: dict[str, Service] = {}
+    if entry is None or _is_null(entry[1]):
+        return services
+    node = entry[1]
+    if not isinstance(node, MappingNode):
+        check.error(node, "`services:` must map service keys to their settings")
+        return services
+    for key, (k, value) in check.entries(node).items():
+        if not isinstance(value, MappingNode):
+            check.error(
+                value if not _is_null(value) else k,
+                f"service {key!r} must be a mapping with title:, notify:, escalate:, expertise:",
+            )
+            continue
+        fields = check.entries(value)
+        for field_key, (fk, _) in fields.items():
+            if field_key not in _SERVICE_KEYS:
+                check.error(
+                    fk,
+                    f"unknown key {field_key!r} for service {key!r}; "
+                    f"expected: {', '.join(_SERVICE_KEYS)}",
+                )
+        title: str | None = key
+        if "title" in fields and not _is_null(fields["title"][1]):
+            title = check.text(*fields["title"], "title")
+        notify: tuple[str, ...] | None = None
+        if "notify" not in fields:
+            check.error(
+                k,
+                f"service {key!r} has no `notify:`; name the lists to notify, e.g. [stakeholders]",
+            )
+        else:
+            notify = _list_refs(check, fields["notify"], f"service {key!r} notify", list_names)
+        escalate = _escalate(check, key, fields.get("escalate"), list_names)
+        expertise = _tags(check, fields.get("expertise"))
+        if title is None or notify is None or escalate is None:
+            continue
+        services[key] = Service(key, title.strip() or key, notify, escalate, expertise)
+    return services
+
+
+def _list_refs(
+    check: _Checker, entry: tuple[Node, Node], what: str, list_names: set[str]
+) -> tuple[str, ...] | None:
+    """Names of defined lists, or None after reporting an empty or unknown reference."""
+    k, value = entry
+    if _is_null(value) or (isinstance(value, SequenceNode) and not value.value):
+        check.error(k, f"{what} names no lists; give at least one, e.g. [stakeholders]")
+        return None
+    errors_before = len(check.errors)
+    refs = check.texts(k, value, what, "[stakeholders]")
+    known = ", ".join(sorted(list_names)) or "none; define them under `lists:`"
+    for ref, ref_node in refs:
+        if ref not in list_names:
+            check.error(ref_node, f"{what}: unknown list {ref!r} (known lists: {known})")
+    if len(check.errors) > errors_before:
+        return None
+    return tuple(dict.fromkeys(r for r, _ in refs))
+
+
+def _escalate(
+    check: _Checker, key: str, entry: tuple[Node, Node] | None, list_names: set[str]
+) -> tuple[tuple[timedelta, tuple[str, ...]], ...] | None:
+    """Sorted (threshold, lists) steps, () when absent, None after reporting a problem."""
+    if entry is None or _is_null(entry[1]):
+        return ()
+    node = entry[1]
+    if not isinstance(node, MappingNode):
+        check.error(
+            node,
+            f"service {key!r} escalate must map a time to lists, "
+            "e.g. {4h: [management], 1d: [upper-management]}",
+        )
+        return None
+    steps: dict[timedelta, tuple[str, ...]] = {}
+    first: dict[timedelta, int] = {}
+    bad = False
+    for text, (tk, value) in check.entries(node).items():
+        try:
+            at = clock.parse_duration(text)
+        except InvalidInput:
+            check.error(
+                tk, f"service {key!r}: bad escalation threshold {text!r}; write e.g. 4h, 90m or 1d"
+            )
+            bad = True
+            continue
+        if at in first:
+            check.error(tk, f"service {key!r}: threshold {text!r} repeats line {first[at]}")
+            bad = True
+            continue
+        first[at] = _line(tk)
+        refs = _list_refs(check, (tk, value), f"service {key!r} escalate {text}", list_names)
+        if refs is None:
+            bad = True
+            continue
+        steps[at] = refs
+    return None if bad else tuple(sorted(steps.items()))
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == _NULL:
+        return "nothing"
+    if node.tag == _STR:
+        return f"the text {node.value!r}"
+    return _KINDS.get(str(node.tag), f"a value tagged {node.tag}")
+
+
+def _bare_address(text: str) -> str:
+    """Lowercased address from "addr" or "Name <addr>"."""
+    _, address = parseaddr(text)
+    return (address or text).strip().lower()
+
+
+def _compose(text: str, where: str) -> Node | None:
+    """YAML text → node tree with positions; syntax errors become `file:line:` errors."""
+    # Nodes rather than constructed objects: every value keeps its position, and nothing
+    # (dates, tags) gets constructed before it is validated.
+    try:
+        return YAML(typ="rt").compose(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        reason = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and exc.context_mark is not None:
+            reason += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        raise ContactsError(f"{where}:{line}: YAML syntax error: {reason}") from None
+    except ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ContactsError(
+            f"{where}:{line}: the control character U+{code:04X} is not allowed in a YAML file"
+        ) from None
+    except YAMLError as exc:
+        raise ContactsError(f"{where}:1: YAML error: {exc}") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ContactsError(
+            f"{path}: contacts file not found; run `mailflow init` to create an example one, "
+            "or point the configuration at the right file"
+        ) from None
+    except OSError as exc:
+        raise ContactsError(
+            f"{path}: cannot read the contacts file ({exc.strerror}); check the path and "
+            "its permissions"
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ContactsError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
+
+
+# --- round-trip editing ----------------------------------------------------------------------
+
+# Edits are text splices located through the YAML node positions, not a re-dump of the whole
+# document: a dump normalises spacing, quoting and indentation, and operators diff this file.
+_Edit = tuple[int, int, str]
+
+
+class ContactsFile:
+    """contacts.yaml opened for editing; everything outside the edited entries stays as is."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._original = _read_text(self.path)
+        parse_contacts(self._original, self.path)  # edits rely on a valid structure
+        self._text = self._original
+        self._newline = "\r\n" if "\r\n" in self._original else "\n"
+
+    @property
+    def text(self) -> str:
+        """The file's text including unsaved edits."""
+        return self._text
+
+    def add_person(
+        self,
+        name: str,
+        email: str,
+        expertise: Iterable[str] = (),
+        timezone: str | None = None,
+        lists: Iterable[str] = (),
+    ) -> None:
+        """Append a person (flow style) to `people:` and their address to the given lists."""
+        if isinstance(expertise, str):
+            expertise = (expertise,)
+        if isinstance(lists, str):
+            lists = (lists,)
+        name, email = name.strip(), email.strip()
+        where, text, nl = str(self.path), self._text, self._newline
+        sections = self._sections()
+
+        people = sections.get("people")
+        for item in _items(people):
+            other = _entries(item).get("email") if isinstance(item, MappingNode) else None
+            if other and isinstance(other[1], ScalarNode) and _same(other[1].value, email):
+                who = _entries(item).get("name")
+                as_who = f" as {who[1].value}" if who and isinstance(who[1], ScalarNode) else ""
+                raise ContactsError(
+                    f"{where}:{_line(other[1])}: {email} is already in the contacts{as_who}; "
+                    f"remove it first (`mailflow contacts remove {email}`) or edit the file"
+                )
+
+        list_entries = _entries(sections["lists"][1]) if "lists" in sections else {}
+        wanted = list(dict.fromkeys(lists))
+        for list_name in wanted:
+            if list_name not in list_entries:
+                line = _line(sections["lists"][0]) if "lists" in sections else 1
+                known = ", ".join(list_entries) or "none"
+                raise ContactsError(
+                    f"{where}:{line}: no list named {list_name!r} (known lists: {known}); "
+                    "create it in the file first"
+                )
+
+        parts = [f"name: {_scalar(name)}", f"email: {_scalar(email)}"]
+        tags = list(dict.fromkeys(t.strip() for t in expertise if t.strip()))
+        if tags:
+            parts.append(f"expertise: [{', '.join(_scalar(t) for t in tags)}]")
+        if timezone:
+            parts.append(f"timezone: {_scalar(timezone.strip())}")
+        entry = "{" + ", ".join(parts) + "}"
+
+        edits: list[_Edit] = []
+        if people is None:
+            lead = nl if text and not text.endswith("\n") else ""
+            edits.append((len(text), len(text), f"{lead}people:{nl}  - {entry}{nl}"))
+        else:
+            edits.append(_append_item(text, people, entry, nl, where))
+        for list_name in wanted:
+            key_node, value = list_entries[list_name]
+            if any(
+                isinstance(i, ScalarNode) and _same(i.value, email)
+                for i in _items((key_node, value))
+            ):
+                continue
+            edits.append(_append_item(text, (key_node, value), _scalar(email), nl, where))
+        self._text = _apply(text, edits, where)
+
+    def remove_person(self, email: str) -> None:
+        """Remove the person with this address and the address from every list."""
+        address = _bare_address(email)
+        where, text = str(self.path), self._text
+        sections = self._sections()
+        edits: list[_Edit] = []
+        people = sections.get("people")
+        if people is not None:
+            doomed = []
+            for index, item in enumerate(_items(people)):
+                own = _entries(item).get("email") if isinstance(item, MappingNode) else None
+                if own and isinstance(own[1], ScalarNode) and _same(own[1].value, address):
+                    doomed.append(index)
+            edits += _remove_items(text, people, doomed, where)
+        if "lists" in sections and isinstance(sections["lists"][1], MappingNode):
+            for key_node, value in _entries(sections["lists"][1]).values():
+                doomed = [
+                    i
+                    for i, item in enumerate(_items((key_node, value)))
+                    if isinstance(item, ScalarNode) and _same(item.value, address)
+                ]
+                edits += _remove_items(text, (key_node, value), doomed, where)
+        if not edits:
+            raise NotFound(
+                f"{address} is not in {where}: no person has that email and no list contains it"
+            )
+        self._text = _apply(text, edits, where)
+
+    def save(self) -> Contacts:
+        """Validate the edited text, then replace the file atomically; returns the new contacts."""
+        contacts = parse_contacts(self._text, self.path)
+        if self._text == self._original:
+            return contacts
+        try:
+            data = self._text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ContactsError(
+                f"{self.path}: the edit contains text that is not valid UTF-8"
+            ) from None
+        try:
+            on_disk = self.path.read_bytes()
+        except OSError:
+            on_disk = None
+        if on_disk != self._original.encode("utf-8"):
+            # Someone edited the file by hand meanwhile; writing would silently drop their change.
+            raise ContactsError(
+                f"{self.path}: the file changed on disk since it was opened; run the command again"
+            )
+        _write_atomic(self.path, data)
+        self._original = self._text
+        return contacts
+
+    def _sections(self) -> dict[str, tuple[Node, Node]]:
+        root = _compose(self._text, str(self.path))
+        return _entries(root) if isinstance(root, MappingNode) else {}
+
+
+def _entries(node: Node) -> dict[str, tuple[Node, Node]]:
+    out: dict[str, tuple[Node, Node]] = {}
+    if isinstance(node, MappingNode):
+        for k, v in node.value:
+            if isinstance(k, ScalarNode):
+                out.setdefault(k.value, (k, v))
+    return out
+
+
+def _items(entry: tuple[Node, Node] | None) -> list[Node]:
+    if entry is None or not isinstance(entry[1], SequenceNode):
+        return []
+    return list(entry[1].value)
+
+
+def _same(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+def _scalar(value: str) -> str:
+    """`value` as a YAML flow scalar: plain when that reads back identically, else quoted."""
+    if value and value == value.strip() and "\n" not in value and "\r" not in value:
+        try:
+            as_value = YAML(typ="rt").compose(f"{{k: {value}}}")
+            as_item = YAML(typ="rt").compose(f"[{value}]")
+        except YAMLError:
+            pass
+        else:
+            plain = [as_value.value[0][1], as_item.value[0]] if as_value and as_item else []
+            if plain and all(
+                isinstance(n, ScalarNode) and n.tag == _STR and n.style is None and n.value == value
+                for n in plain
+            ):
+                return value
+    return _quote(value)
+
+
+_PRINTABLE = re.compile("[\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _quote(value: str) -> str:
+    out = []
+    for ch in value:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif _PRINTABLE.match(ch):
+            out.append(ch)
+        else:  # the YAML reader refuses raw non-printable characters even inside quotes
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _cannot_edit(where: str, node: Node, why: str) -> ContactsError:
+    return ContactsError(
+        f"{where}:{_line(node)}: cannot edit this automatically ({why}); edit the file by hand"
+    )
+
+
+def _check_in_place(where: str, node: Node, after: int) -> None:
+    # An alias (*name) composes to the anchored node, whose text is elsewhere in the file.
+    if node.start_mark.index < after:
+        raise _cannot_edit(where, node, "it uses a YAML alias")
+
+
+def _content_end(text: str, node: Node) -> int:
+    """Index just past the last character of the node's own text (-1 if it has none)."""
+    if isinstance(node, ScalarNode) or getattr(node, "flow_style", False):
+        if _is_null(node) and node.value == "":
+            return -1  # an empty value's mark points at the next token, not at itself
+        end = node.end_mark.index
+        while end > node.start_mark.index and text[end - 1] in " \t\r\n":
+            end -= 1  # block scalars (|, >) include their trailing line breaks
+        return int(end)
+    children: list[Node] = []
+    for child in node.value:
+        children.extend(child if isinstance(child, tuple) else (child,))
+    return max((_content_end(text, c) for c in children), default=-1)
+
+
+def _dash(text: str, item: Node, where: str) -> int:
+    i = item.start_mark.index - 1
+    while i >= 0 and text[i] in " \t\r\n":
+        i -= 1
+    if i < 0 or text[i] != "-":
+        raise _cannot_edit(where, item, "unusual layout of a list item")
+    return i
+
+
+def _line_start(text: str, index: int) -> int:
+    return text.rfind("\n", 0, index) + 1
+
+
+def _line_after(text: str, index: int) -> int:
+    """Index of the start of the line after the one containing `index` (or the text's end)."""
+    nl = text.find("\n", index)
+    return len(text) if nl < 0 else nl + 1
+
+
+def _append_item(text: str, entry: tuple[Node, Node], item: str, nl: str, where: str) -> _Edit:
+    """An edit adding `item` as the last element of the sequence `key: value`."""
+    key_node, seq = entry
+    _check_in_place(where, seq, key_node.end_mark.index)
+    if _is_null(seq) and seq.value == "":  # `key:` with nothing after it
+        at = _line_after(text, key_node.end_mark.index)
+        lead = nl if at == len(text) and not text.endswith("\n") else ""
+        indent = " " * (key_node.start_mark.column + 2)
+        return (at, at, f"{lead}{indent}- {item}{nl}")
+    if _is_null(seq):  # `key: ~` or `key: null`
+        return (seq.start_mark.index, seq.end_mark.index, f"[{item}]")
+    if not isinstance(seq, SequenceNode):
+        raise _cannot_edit(where, seq, "expected a list here")
+    items = list(seq.value)
+    previous = seq.start_mark.index
+    for child in items:
+        _check_in_place(where, child, previous)
+        previous = child.end_mark.index
+    if seq.flow_style:
+        if items:
+            at = _content_end(text, items[-1])
+            return (at, at, f", {item}")
+        close = seq.end_mark.index - 1
+        if text[close] != "]":
+            raise _cannot_edit(where, seq, "unusual layout of a list")
+        return (close, close, item)
+    last = items[-1]
+    dash = _dash(text, last, where)
+    end = max(_content_end(text, last), dash + 1)
+    at = _line_after(text, end)
+    lead = nl if at == len(text) and not text.endswith("\n") else ""
+    return (at, at, f"{lead}{' ' * (dash - _line_start(text, dash))}- {item}{nl}")
+
+
+def _remove_items(
+    text: str, entry: tuple[Node, Node], doomed: list[int], where: str
+) -> list[_Edit]:
+    """Edits deleting the given elements of the sequence `key: value`."""
+    if not doomed:
+        return []
+    key_node, seq = entry
+    _check_in_place(where, seq, key_node.end_mark.index)
+    if not isinstance(seq, SequenceNode):
+        raise _cannot_edit(where, seq, "expected a list here")
+    items = list(seq.value)
+    previous = seq.start_mark.index
+    for child in items:
+        _check_in_place(where, child, previous)
+        previous = child.end_mark.index
+    edits: list[_Edit] = []
+    if not seq.flow_style:
+        for index in doomed:
+            dash = _dash(text, items[index], where)
+            start = _line_start(text, dash)
+            if text[start:dash].strip():
+                raise _cannot_edit(where, items[index], "unusual layout of a list item")
+            end = max(_content_end(text, items[index]), dash + 1)
+            edits.append((start, _line_after(text, end), ""))
+        return edits
+    # Flow lists: delete each run of removed items with the comma that separates it.
+    gone = set(doomed)
+    index = 0
+    while index < len(items):
+        if index not in gone:
+            index += 1
+            continue
+        first = index
+        while index + 1 < len(items) and index + 1 in gone:
+            index += 1
+        last = index
+        if last + 1 < len(items):
+            edits.append((items[first].start_mark.index, items[last + 1].start_mark.index, ""))
+        elif first > 0:
+            prev_end = _content_end(text, items[first - 1])
+            edits.append((prev_end, _content_end(text, items[last]), ""))
+        else:
+            close = seq.end_mark.index - 1
+            if text[close] != "]":
+                raise _cannot_edit(where, seq, "unusual layout of a list")
+            edits.append((items[first].start_mark.index, close, ""))  # also drops a trailing comma
+        index += 1
+    return edits
+
+
+def _apply(text: str, edits: list[_Edit], where: str) -> str:
+    # Stable sort: of two insertions at one spot, the one listed first ends up last.
+    ordered = sorted(dict.fromkeys(edits), key=lambda e: -e[0])
+    limit = len(text)
+    for start, end, new in ordered:
+        if end > limit:
+            raise ContactsError(f"{where}: overlapping edits; edit the file by hand")
+        text = text[:start] + new + text[end:]
+        limit = start
+    return text
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace the file's content so that readers see the old or the new file, never a mix."""
+    target = Path(os.path.realpath(path))  # replace a symlink's target, not the symlink
+    try:
+        before = os.stat(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise ContactsError(f"{path}: cannot write ({exc.strerror}); check permissions") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), stat.S_IMODE(before.st_mode))
+            if os.geteuid() == 0:
+                # root editing the service user's file must not leave it unreadable to the daemon
+                with contextlib.suppress(OSError):
+                    os.fchown(fh.fileno(), before.st_uid, before.st_gid)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ContactsError(
+                f"{path}: cannot write ({exc.strerror}); check permissions"
+            ) from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

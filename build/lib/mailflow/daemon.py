@@ -1,0 +1,181 @@
+"""`mailflow serve`: the inbound SMTP server, the scheduler tick and the outbox in one loop.
+
+Signal handlers only set flags; the loop acts on them. SIGTERM stops accepting, lets the
+SMTP transaction in flight commit, and exits 0. SIGHUP reloads config, contacts and
+templates, keeping the old ones if the new ones are invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from datetime import datetime
+
+import schedule
+
+from . import clock
+from .app import Mailflow
+from .errors import MailflowError
+from .inbound import InboundHandler, make_protocol
+from .scheduler import run_due
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+class Daemon:
+    """One asyncio process: inbound server + tick + outbox sender."""
+
+    def __init__(self, app: Mailflow, tick_seconds: float = 5.0,
+                 now: Callable[[], datetime] = clock.now) -> None:
+        self.app = app
+        self.tick_seconds = tick_seconds
+        self.now = now
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._reload = False
+        self._contacts_mtime = self._mtime()
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.app.config.contacts.stat().st_mtime
+        except OSError:
+            return None
+
+    def request_stop(self) -> None:
+        """Ask the loop to shut down cleanly (SIGTERM, SIGINT)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Ask the loop to reload config, contacts and templates (SIGHUP)."""
+        self._reload = True
+        self._wake.set()
+
+    def reload(self) -> bool:
+        """Reload now; on error keep the old copies and log where the problem is."""
+        try:
+            self.app.reload()
+        except MailflowError as exc:
+            log.error("reload refused, keeping the last good configuration: %s", exc)
+            return False
+        finally:
+            self._contacts_mtime = self._mtime()
+        log.info("reloaded config, contacts and templates")
+        return True
+
+    async def tick(self) -> None:
+        """Do what is due, then send the outbox (even if some due work failed)."""
+        now = self.now()
+        try:
+            report = run_due(self.app, now)
+            for line in report.done:
+                log.info("done: %s", line)
+        finally:
+            delivery = await self.app.deliver(now, clock=self.now,
+                                              should_stop=self._stop.is_set)
+            if delivery.sent:
+                log.info("sent %d email(s)", delivery.sent)
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        cfg = self.app.config
+        handler = InboundHandler(self.app, self.now, on_posted=self._wake.set)
+        server = await loop.create_server(lambda: make_protocol(self.app, handler),
+                                          cfg.inbound.host, cfg.inbound.port)
+        self.port = server.sockets[0].getsockname()[1]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        log.info("listening for replies on %s:%d", cfg.inbound.host, self.port)
+        sd_notify(f"READY=1\nSTATUS=listening on {cfg.inbound.host}:{self.port}")
+
+        # `schedule` paces the tick; the event lets a posted reply be sent at once.
+        pacer = schedule.Scheduler()
+        pacer.every(self.tick_seconds).seconds.do(self._wake.set)
+        self._wake.set()
+        while not self._stop.is_set():
+            if self._reload:
+                self._reload = False
+                self.reload()
+            elif self._mtime() != self._contacts_mtime:
+                log.info("contacts file changed; reloading")
+                self.reload()
+            if self._wake.is_set():
+                self._wake.clear()
+                try:
+                    await self.tick()
+                except MailflowError as exc:
+                    log.error("tick failed: %s", exc)
+                except Exception:  # the daemon keeps running; the next tick tries again
+                    log.exception("tick failed")
+            pacer.run_pending()
+            waiters = [asyncio.ensure_future(self._stop.wait()),
+                       asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waiters, timeout=min(1.0, self.tick_seconds),
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+        sd_notify("STOPPING=1")
+        log.info("stopping: no new connections; finishing the transaction in flight")
+        server.close()
+        for _ in range(300):  # up to 30 s for a DATA being committed
+            if handler.in_flight == 0:
+                break
+            await asyncio.sleep(0.1)
+        await server.wait_closed()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+
+class JournalFormatter(logging.Formatter):
+    """`<3>message` priority prefixes when stderr goes to journald, plain text otherwise."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def __init__(self) -> None:
+        self.journal = bool(os.environ.get("JOURNAL_STREAM"))
+        # journald stamps each line itself; elsewhere a timestamp helps.
+        fmt = "%(name)s: %(message)s" if self.journal else \
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.journal:
+            prefix = f"<{self.PRIORITY.get(record.levelno, 6)}>"
+            text = "\n".join(prefix + line for line in text.splitlines())
+        return text
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr (journald keeps it under systemd)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JournalFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter

@@ -1,0 +1,629 @@
+"""The incident lifecycle: declare, post updates, communicate, resolve. Pure: `now` is passed in."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .clock import parse_duration
+from .config import SEVERITIES
+from .errors import InvalidInput, NotFound
+from .models import Due, Entry, Incident, OutMessage, Recipient
+from .render import Envelope, Personal, bare_address, one_line
+from .tokens import reply_address
+
+if TYPE_CHECKING:
+    from .app import Mailflow
+
+IMPACTS = {"outage": "complete downtime", "degraded": "degraded"}
+_IMPACT_ALIASES = {"outage": "outage", "downtime": "outage", "complete downtime": "outage",
+                   "down": "outage", "degraded": "degraded", "degradation": "degraded"}
+# seeds/002: what each priority means and its target resolution time.
+SEVERITY_LABELS = {
+    "P0": "P0 (critical; target resolution within 1 h)",
+    "P1": "P1 (high; target resolution within 4 h)",
+    "P2": "P2 (medium; target resolution within 24 h)",
+    "P3": "P3 (low; target resolution within 1 week)",
+}
+SCHEDULE_KINDS = ("reminder", "mark")
+
+
+def check_severity(value: str) -> str:
+    """Normalise "p1" to "P1"; anything else outside P0–P3 is refused."""
+    sev = str(value).strip().upper()
+    if sev not in SEVERITIES:
+        raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} (seeds/002)")
+    return sev
+
+
+def check_impact(value: str) -> str:
+    """"outage"/"downtime" → outage; "degraded" → degraded."""
+    impact = _IMPACT_ALIASES.get(str(value).strip().lower())
+    if impact is None:
+        raise InvalidInput(f"impact {value!r}: use outage (complete downtime) or degraded")
+    return impact
+
+
+def check_address(value: str, what: str = "address") -> str:
+    """A bare, lowercased address, or InvalidInput."""
+    addr = bare_address(value)
+    if not addr or any(c in value for c in "\r\n"):
+        raise InvalidInput(f"{what} {value!r} is not an email address")
+    return addr
+
+
+def get_incident(ref: str | int) -> Incident:
+    """Find an incident by `INC-42`, `inc-42` or `42`."""
+    m = re.fullmatch(r"(?:inc-?)?(\d+)", str(ref).strip(), re.I)
+    incident = Incident.get_or_none(Incident.id == int(m.group(1))) if m else None
+    if incident is None:
+        raise NotFound(f"no incident {ref!r}; `mailflow list` shows the incidents")
+    return incident
+
+
+def log(incident: Incident, now: datetime, kind: str, text: str, author: str = "",
+        data: dict[str, Any] | None = None, shown: bool = False) -> Entry:
+    """Add a timeline entry. `shown` entries are carried (in orange) by the next email."""
+    return Entry.create(incident=incident, at=now, kind=kind, author=author, text=text,
+                        data=data, communicated_at=None if shown else now)
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def locked(app: Mailflow, incident: Incident) -> Iterator[Incident]:
+    """Hold the write lock and refresh `incident` in place before changing it.
+
+    The CLI and the daemon both change incidents; a row read before another process
+    resolved it must not be saved back over the resolution.
+    """
+    with app.db.atomic("IMMEDIATE"):
+        fresh = Incident.get_by_id(incident.id)
+        incident.__data__.update(fresh.__data__)
+        incident._dirty.clear()
+        yield incident
+
+
+def mutates(fn: F) -> F:
+    """Run a lifecycle change under `locked`: fresh state, one transaction."""
+    @functools.wraps(fn)
+    def wrapper(app: Mailflow, incident: Incident, *args: Any, **kwargs: Any) -> Any:
+        with locked(app, incident):
+            return fn(app, incident, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+# --- what an email shows ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fact:
+    """One labelled line of a communication; `new` when it changed since the last one."""
+
+    label: str
+    value: str
+    new: bool = False
+
+
+@dataclass(frozen=True)
+class Item:
+    """One posted update in a communication's log."""
+
+    at: datetime
+    author: str
+    text: str
+    new: bool
+
+
+def facts_of(incident: Incident) -> dict[str, str]:
+    """The fields seeds/000 asks every communication to carry, as label → value."""
+    facts = {
+        "Service": incident.service_title,
+        "Scope": IMPACTS[incident.impact].capitalize(),
+        "Severity": SEVERITY_LABELS[incident.severity],
+        "Who is impacted": ", ".join(incident.impacted) or "not known yet",
+        "How long / what makes it uncertain": incident.eta or "not known yet",
+        "What has been started": incident.started or "assessment in progress",
+        "Next debugging steps": incident.next_steps or "to be decided",
+        "Incident lead": incident.lead or "not assigned yet",
+    }
+    if incident.communicator:
+        facts["Communicator"] = incident.communicator
+    if incident.scribe:
+        facts["Scribe"] = incident.scribe
+    return facts
+
+
+def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
+            **extra: Any) -> dict[str, Any]:
+    """Everything a template can use; `new` is measured against the last communication."""
+    current = facts_of(incident)
+    before = incident.last_sent or {}
+    first = incident.last_sent is None
+    facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
+    entries = (Entry.select().where((Entry.incident == incident)
+                                    & Entry.kind.in_(("update", "change", "handover")))
+               .order_by(Entry.at, Entry.id))
+    items = [Item(e.at, e.author, e.text, new=e.communicated_at is None) for e in entries]
+    has_news = any(f.new for f in facts) or any(i.new for i in items)
+    ctx: dict[str, Any] = {
+        "kind": kind,
+        "incident": IncidentView(incident),
+        "facts": facts,
+        "updates": items,
+        "has_news": has_news,
+        "now": now,
+        "elapsed": now - incident.declared_at,
+        "next_comm": incident.next_comm_at,
+        "prev_comm_at": incident.last_comm_at or incident.declared_at,
+        "subject": incident.subject,
+        "reply_address": reply_address(app.config.reply_local, app.config.reply_domain,
+                                       incident.id, app.config.secret),
+    }
+    ctx.update(extra)
+    return ctx
+
+
+class IncidentView:
+    """Read-only view of an incident for templates (no database access from a template)."""
+
+    def __init__(self, incident: Incident) -> None:
+        self.ref = incident.ref
+        self.service = incident.service
+        self.service_title = incident.service_title
+        self.severity = incident.severity
+        self.impact = incident.impact
+        self.impact_label = IMPACTS[incident.impact]
+        self.summary = incident.summary
+        self.impacted = list(incident.impacted)
+        self.eta = incident.eta
+        self.started = incident.started
+        self.next_steps = incident.next_steps
+        self.lead = incident.lead or ""
+        self.communicator = incident.communicator or ""
+        self.scribe = incident.scribe or ""
+        self.status = incident.status
+        self.declared_at = incident.declared_at
+        self.resolved_at = incident.resolved_at
+
+
+# --- recipients ---------------------------------------------------------------------------
+
+def add_recipient(app: Mailflow, incident: Incident, address: str, reason: str,
+                  now: datetime) -> Recipient:
+    """Add someone to the incident's emails (idempotent: the first reason is kept)."""
+    email = check_address(address)
+    existing = Recipient.get_or_none((Recipient.incident == incident) & (Recipient.email == email))
+    if existing is not None:
+        if existing.status != "active" and reason:
+            existing.status = "active"
+            existing.save()
+        return existing
+    person = app.contacts.person(email)
+    return Recipient.create(incident=incident, email=email, name=person.name if person else "",
+                            reason=reason, added_at=now)
+
+
+def personal(app: Mailflow, recipient: Recipient) -> Personal:
+    """A recipient with what contacts.yaml knows about them (name, time zone)."""
+    person = app.contacts.person(recipient.email)
+    return Personal(
+        email=recipient.email,
+        name=person.name if person else recipient.name,
+        reason=recipient.reason,
+        timezone=person.timezone if person else None,
+    )
+
+
+def lead_recipients(app: Mailflow, incident: Incident, now: datetime) -> list[Recipient]:
+    """The lead and the communicator: who gets reminders."""
+    out = []
+    for role in ("lead", "communicator"):
+        addr = getattr(incident, role)
+        if addr:
+            out.append(add_recipient(app, incident, addr, f"as the incident {role}", now))
+    return list({r.id: r for r in out}.values())
+
+
+# --- sending ------------------------------------------------------------------------------
+
+def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
+                to: Sequence[Recipient] | None = None, marks_sent: bool = True,
+                expires_at: datetime | None = None, **extra: Any) -> list[str]:
+    """Render `kind` once, queue one personalised copy per recipient, and log it.
+
+    `marks_sent`: this email is a communication to everyone (start, update, solved), so what
+    it carries is no longer new. Reminders and escalations leave "new" untouched.
+    `expires_at`: past it, the outbox drops the email instead of sending it late.
+    """
+    if to is None:
+        to = list(Recipient.select().where((Recipient.incident == incident)
+                                           # A bounce arrives with a token every recipient
+                                           # holds, so it can be forged: it is recorded, but
+                                           # only our own relay's 5xx stops the mail.
+                                           & (Recipient.status != "failed"))
+                  .order_by(Recipient.id))
+    if not to:
+        return []
+    ctx = context(app, incident, kind, now, **extra)
+    cfg = app.config
+    threads = {r.email: r.first_message_id for r in to if r.first_message_id}
+    envelope = Envelope(
+        sender=cfg.sender, subject=incident.subject, date=now, domain=cfg.reply_domain,
+        reply_to=ctx["reply_address"], threads=threads,
+        extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
+    )
+    by_email = {r.email: r for r in to}
+    outgoing = app.renderer.personalise(kind, ctx, [personal(app, r) for r in to], envelope)
+    with app.db.atomic():
+        app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
+                           [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
+                           expires_at=expires_at)
+        for o in outgoing:
+            r = by_email[o.recipient.email]
+            if not r.first_message_id:
+                Recipient.update(first_message_id=o.message_id).where(
+                    Recipient.id == r.id).execute()
+        names = ", ".join(o.recipient.email for o in outgoing[:20])
+        more = f" and {len(outgoing) - 20} more" if len(outgoing) > 20 else ""
+        log(incident, now, "email", f"{kind} email queued to {len(outgoing)}: {names}{more}",
+            author="mailflow", data={"kind": kind, "count": len(outgoing)})
+        if marks_sent:
+            Entry.update(communicated_at=now).where(
+                (Entry.incident == incident) & Entry.communicated_at.is_null()).execute()
+            incident.last_sent = facts_of(incident)
+            incident.last_comm_at = now
+            incident.save()
+    return [o.message_id for o in outgoing]
+
+
+def update_every(app: Mailflow, incident: Incident) -> timedelta:
+    """The cadence of communications for the incident's current severity."""
+    return app.config.cadence.update_every[incident.severity]
+
+
+def plan(incident: Incident, kind: str, key: str, due_at: datetime) -> None:
+    """Schedule work once: a new row, or a cancelled one revived (never one already done).
+
+    The same work can be planned, cancelled and planned again (`next update: 11:00` back to
+    the time first announced; P1 → P0 → P1); ignoring the old row would lose it.
+    """
+    Due.insert(incident=incident, kind=kind, key=key, due_at=due_at).on_conflict(
+        conflict_target=[Due.incident, Due.kind, Due.key],
+        update={Due.done_at: None, Due.outcome: "", Due.due_at: due_at},
+        where=(Due.outcome == "cancelled"),
+    ).execute()
+
+
+def schedule_mark(app: Mailflow, incident: Incident, at: datetime, now: datetime) -> None:
+    """Set the next communication mark, replacing any pending reminder/mark."""
+    cancel_due(incident, now, kinds=SCHEDULE_KINDS)
+    incident.next_comm_at = at
+    incident.save()
+    key = at.isoformat()
+    reminder_at = at - app.config.cadence.reminder_before
+    if reminder_at > now:
+        plan(incident, "reminder", key, reminder_at)
+    plan(incident, "mark", key, at)
+
+
+def cancel_due(incident: Incident, now: datetime, kinds: Iterable[str] | None = None) -> None:
+    """Cancel pending scheduled work of the incident (all of it, or of `kinds`)."""
+    q = Due.update(done_at=now, outcome="cancelled").where(
+        (Due.incident == incident) & Due.done_at.is_null())
+    if kinds is not None:
+        q = q.where(Due.kind.in_(list(kinds)))
+    q.execute()
+
+
+def schedule_escalations(app: Mailflow, incident: Incident, now: datetime) -> None:
+    """Escalations at the thresholds of the current severity, counted from the declaration.
+
+    Thresholds already passed under the old severity keep their (done) rows: each fires
+    once. A threshold the new severity adds that is already past fires at the next tick.
+    """
+    wanted = {threshold_label(t): t for t in app.config.cadence.escalate[incident.severity]}
+    pending = Due.select().where((Due.incident == incident) & (Due.kind == "escalate")
+                                 & Due.done_at.is_null())
+    for due in pending:
+        if due.key not in wanted:
+            Due.update(done_at=now, outcome="cancelled").where(Due.id == due.id).execute()
+    for key, threshold in wanted.items():
+        plan(incident, "escalate", key, incident.declared_at + threshold)
+
+
+def schedule_handover(app: Mailflow, incident: Incident, now: datetime) -> None:
+    """Remind the current lead to hand over `handover_after` after they took the lead."""
+    cancel_due(incident, now, kinds=("handover",))
+    if incident.lead and incident.lead_since:
+        plan(incident, "handover", f"{incident.lead}@{incident.lead_since.isoformat()}",
+             incident.lead_since + app.config.cadence.handover_after)
+
+
+# --- the lifecycle ------------------------------------------------------------------------
+
+def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact: str,
+            summary: str, impacted: Iterable[str] = (), eta: str = "", started: str = "",
+            next_steps: str = "", lead: str | None = None, author: str = "") -> Incident:
+    """Open an incident and queue the start notification. Validates everything first."""
+    svc = app.contacts.service(service)
+    severity = check_severity(severity)
+    impact = check_impact(impact)
+    summary = summary.strip()
+    if not summary:
+        raise InvalidInput("summary: say in one line what is broken")
+    impacted = [check_address(a, "impacted address") for a in impacted if a.strip()]
+    lead = check_address(lead, "lead") if lead else None
+    app.contacts.expand(svc.notify)  # an unknown list fails here, before anything is written
+    with app.db.atomic():
+        incident = Incident.create(
+            service=svc.key, service_title=svc.title, severity=severity, impact=impact,
+            summary=summary, impacted=impacted, eta=eta.strip(), started=started.strip(),
+            next_steps=next_steps.strip(), lead=lead, lead_since=now if lead else None,
+            declared_at=now, subject="(pending)",
+        )
+        incident.subject = one_line(f"[{incident.ref}] {svc.title}: {impact}")
+        incident.save()
+        log(incident, now, "declared", f"{severity} {IMPACTS[impact]} of {svc.title}: {summary}",
+            author=author or lead or "")
+        if lead:
+            add_recipient(app, incident, lead, "as the incident lead", now)
+        for list_name in svc.notify:
+            for addr in app.contacts.expand([list_name]):
+                add_recipient(app, incident, addr,
+                              f"because you are on the {list_name} list for {svc.title}", now)
+        for addr in impacted:
+            add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
+        schedule_mark(app, incident, now + update_every(app, incident), now)
+        schedule_escalations(app, incident, now)
+        schedule_handover(app, incident, now)
+        communicate(app, incident, "start", now)
+    return incident
+
+
+def threshold_label(delta: timedelta) -> str:
+    """An escalation key: 4h, 1d, 90m."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def require_open(incident: Incident) -> None:
+    """Refuse to change an incident that is already resolved."""
+    if not incident.is_open:
+        raise InvalidInput(f"{incident.ref} is already {incident.status}; declare a new incident "
+                           "or use `mailflow close` for one with follow-up")
+
+
+@mutates
+def post_update(app: Mailflow, incident: Incident, text: str, author: str,
+                now: datetime) -> Entry:
+    """Append an update; it goes out (in orange) with the next communication."""
+    require_open(incident)
+    text = text.strip()
+    if not text:
+        raise InvalidInput("update text is empty")
+    entry = log(incident, now, "update", text, author=author, shown=True)
+    if incident.scribe and incident.scribe != author:
+        # seeds/003: the scribe keeps the log, so they see every reply as it is posted.
+        scribe = add_recipient(app, incident, incident.scribe, "as the incident scribe", now)
+        communicate(app, incident, "notice", now, to=[scribe], marks_sent=False,
+                    title=f"{author or 'someone'} posted to {incident.ref}",
+                    paragraphs=[text])
+    return entry
+
+
+@mutates
+def change(app: Mailflow, incident: Incident, now: datetime, author: str, **fields: str) -> None:
+    """Change severity / impact / eta / steps; each change is logged and shown as new."""
+    require_open(incident)
+    labels = {"severity": "Severity", "impact": "Scope", "eta": "How long",
+              "started": "What has been started", "next_steps": "Next debugging steps"}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "severity":
+            value = check_severity(value)
+        elif name == "impact":
+            value = check_impact(value)
+        old = getattr(incident, name)
+        if old == value:
+            continue
+        setattr(incident, name, value)
+        log(incident, now, "change", f"{labels[name]}: {old or '—'} → {value}", author=author,
+            shown=True, data={"field": name, "old": old, "new": value})
+    incident.save()
+    if fields.get("severity") is not None:
+        schedule_escalations(app, incident, now)
+        # The cadence follows the new severity from now on. A mark already announced is
+        # kept if it comes sooner: stakeholders were told to expect it.
+        sooner = now + update_every(app, incident)
+        if incident.next_comm_at is None or sooner < incident.next_comm_at:
+            schedule_mark(app, incident, sooner, now)
+
+
+@mutates
+def send_update(app: Mailflow, incident: Incident, now: datetime) -> list[str]:
+    """Send the update now and set the next mark from the severity's cadence."""
+    require_open(incident)
+    schedule_mark(app, incident, now + update_every(app, incident), now)
+    return communicate(app, incident, "update", now)
+
+
+@mutates
+def set_next_update(app: Mailflow, incident: Incident, value: str, now: datetime,
+                    author: str) -> datetime:
+    """`next update: 30m` or `next update: 14:30` (UTC) moves the next mark."""
+    require_open(incident)
+    value = value.strip()
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})(?:\s*utc)?", value, re.I)
+    if m:
+        at = now.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0, microsecond=0)
+        if at <= now:
+            at += timedelta(days=1)
+    else:
+        at = now + parse_duration(value, what="next update")
+    schedule_mark(app, incident, at, now)
+    log(incident, now, "schedule", f"next communication moved to {at:%H:%M} UTC", author=author)
+    return at
+
+
+@mutates
+def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author: str,
+            follow_up: str = "") -> list[str]:
+    """Mark resolved (green, or yellow with follow-up) and queue the solved notification."""
+    require_open(incident)
+    steps = steps.strip()
+    if not steps:
+        raise InvalidInput("resolution steps are empty: say what fixed it")
+    with app.db.atomic():
+        incident.status = "follow-up" if follow_up.strip() else "resolved"
+        incident.resolution = steps
+        incident.follow_up = follow_up.strip()
+        incident.resolved_at = now
+        incident.next_comm_at = None
+        if incident.status == "resolved":
+            incident.closed_at = now
+        incident.save()
+        cancel_due(incident, now)
+        log(incident, now, "resolved", steps, author=author,
+            data={"grade": incident.status, "follow_up": incident.follow_up})
+        sent = communicate(app, incident, "solved", now, grade=incident.status,
+                           resolution=steps, follow_up=incident.follow_up, ended_at=now,
+                           duration=now - incident.declared_at)
+        send_postmortem(app, incident, now)
+        return sent
+
+
+def working_days_later(start: datetime, days: int) -> datetime:
+    """`days` working days (Monday to Friday) after `start`."""
+    at = start
+    while days:
+        at += timedelta(days=1)
+        if at.weekday() < 5:
+            days -= 1
+    return at
+
+
+def send_postmortem(app: Mailflow, incident: Incident, now: datetime) -> None:
+    """Email the postmortem draft to the lead; remind them after 2 working days."""
+    from .postmortem import draft  # postmortem imports this module
+
+    if not incident.lead:
+        return
+    lead = add_recipient(app, incident, incident.lead, "as the incident lead", now)
+    communicate(app, incident, "notice", now, to=[lead], marks_sent=False,
+                title=f"Postmortem draft for {incident.ref}",
+                paragraphs=[
+                    "The incident is resolved. Below is a postmortem draft following our "
+                    "template, filled from the timeline; complete the TODO parts with the team "
+                    "(blameless: systems and decisions, not people).",
+                    f"Get it as a file with `mailflow postmortem {incident.ref} --out "
+                    f"{incident.ref}.md`; mark it done with `mailflow postmortem {incident.ref} "
+                    "--done`.",
+                ],
+                preformatted=draft(app, incident, now))
+    log(incident, now, "postmortem", f"postmortem draft sent to {incident.lead}", "mailflow")
+    Due.insert(incident=incident, kind="postmortem", key="reminder",
+               due_at=working_days_later(now, 2)).on_conflict_ignore().execute()
+
+
+@mutates
+def close(app: Mailflow, incident: Incident, now: datetime, author: str,
+          note: str = "") -> list[str]:
+    """Follow-up done: send the final green notice of an incident resolved with follow-up."""
+    if incident.status != "follow-up":
+        raise InvalidInput(f"{incident.ref} is {incident.status}: only an incident resolved with "
+                           "--follow-up is closed later")
+    with app.db.atomic():
+        incident.status = "resolved"
+        incident.closed_at = now
+        incident.save()
+        done = note.strip() or f"Follow-up done: {incident.follow_up}"
+        log(incident, now, "closed", done, author=author)
+        return communicate(app, incident, "solved", now, grade="resolved",
+                           resolution=f"{incident.resolution}\n{done}", follow_up="",
+                           ended_at=incident.resolved_at,
+                           duration=incident.resolved_at - incident.declared_at)
+
+
+def describe(incident: Incident) -> dict[str, Any]:
+    """The incident as JSON-ready data (for `show --json`)."""
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat().replace("+00:00", "Z") if value else None
+
+    messages: dict[str, list[dict[str, Any]]] = {}
+    for m in OutMessage.select().where(OutMessage.incident == incident).order_by(OutMessage.id):
+        messages.setdefault(m.recipient, []).append({
+            "kind": m.kind, "message_id": m.message_id, "status": m.status,
+            "attempts": m.attempts, "sent_at": iso(m.sent_at), "error": m.last_error or None,
+        })
+    return {
+        "ref": incident.ref, "service": incident.service, "service_title": incident.service_title,
+        "status": incident.status, "severity": incident.severity, "impact": incident.impact,
+        "summary": incident.summary, "impacted": incident.impacted, "eta": incident.eta,
+        "started": incident.started, "next_steps": incident.next_steps,
+        "lead": incident.lead, "communicator": incident.communicator, "scribe": incident.scribe,
+        "declared_at": iso(incident.declared_at), "resolved_at": iso(incident.resolved_at),
+        "closed_at": iso(incident.closed_at), "next_communication_at": iso(incident.next_comm_at),
+        "subject": incident.subject, "resolution": incident.resolution or None,
+        "follow_up": incident.follow_up or None,
+        "recipients": [
+            {"email": r.email, "name": r.name, "reason": r.reason, "status": r.status,
+             "error": r.last_error or None, "messages": messages.get(r.email, [])}
+            for r in Recipient.select().where(Recipient.incident == incident).order_by(Recipient.id)
+        ],
+        "timeline": [e.as_dict() for e in
+                     Entry.select().where(Entry.incident == incident).order_by(Entry.at, Entry.id)],
+    }
+
+
+ROLES = ("lead", "communicator", "scribe")
+
+
+@mutates
+def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
+           **roles: str | None) -> None:
+    """Give a role to someone; a new lead restarts the handover clock (seeds/003, 004)."""
+    require_open(incident)
+    for role, value in roles.items():
+        if role not in ROLES:
+            raise InvalidInput(f"unknown role {role!r}: use lead, communicator or scribe")
+        if value is None:
+            continue
+        addr = check_address(value, role)
+        old = getattr(incident, role)
+        if old == addr:
+            continue
+        setattr(incident, role, addr)
+        add_recipient(app, incident, addr, f"as the incident {role}", now)
+        kind = "handover" if role == "lead" else "change"
+        log(incident, now, kind, f"{role.capitalize()}: {old or '—'} → {addr}", author=author,
+            shown=True, data={"field": role, "old": old, "new": addr})
+        if role == "lead":
+            incident.lead_since = now
+    incident.save()
+    if roles.get("lead"):
+        schedule_handover(app, incident, now)
+
+
+@mutates
+def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
+                 author: str) -> Recipient:
+    """seeds/000: "add people to the email when there is one" — from the next email on."""
+    addr = check_address(address, "impacted address")
+    if addr not in incident.impacted:
+        incident.impacted = [*incident.impacted, addr]
+        incident.save()
+        log(incident, now, "change", f"Added {addr} to the impacted people", author=author,
+            shown=True, data={"field": "impacted", "new": addr})
+    return add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)

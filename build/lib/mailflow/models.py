@@ -1,0 +1,226 @@
+"""peewee models on a SQLite file passed in: incidents, timeline, recipients, outbox, due work."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from peewee import (
+    AutoField,
+    BlobField,
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+)
+
+from .clock import as_utc
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTimeField(DateTimeField):
+    """Stores naive UTC, returns aware UTC, so comparisons with `now` never mix kinds."""
+
+    def db_value(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            value = as_utc(value).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value: Any) -> Any:
+        value = super().python_value(value)
+        return as_utc(value) if isinstance(value, datetime) else value
+
+
+class JSONField(TextField):
+    """A JSON document in a TEXT column."""
+
+    def db_value(self, value: Any) -> Any:
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = None  # bound by open_database(); models never own a global connection
+
+
+class Incident(BaseModel):
+    """One incident and its current state; `ref` is what people type (INC-42)."""
+
+    id = AutoField()
+    service = CharField()
+    service_title = CharField()
+    subject = CharField()  # fixed at declare time: Gmail threads by subject
+    severity = CharField()
+    impact = CharField()  # "outage" | "degraded"
+    summary = TextField()
+    impacted = JSONField(default=list)  # extra addresses named at declare time or added later
+    eta = TextField(default="")
+    started = TextField(default="")
+    next_steps = TextField(default="")
+    lead = CharField(null=True)
+    lead_since = UTCDateTimeField(null=True)
+    communicator = CharField(null=True)
+    scribe = CharField(null=True)
+    status = CharField(default="open")  # open | follow-up (yellow) | resolved (green)
+    declared_at = UTCDateTimeField()
+    resolved_at = UTCDateTimeField(null=True)
+    closed_at = UTCDateTimeField(null=True)
+    next_comm_at = UTCDateTimeField(null=True)
+    last_comm_at = UTCDateTimeField(null=True)
+    last_sent = JSONField(null=True)  # the facts as last communicated: what "new" is measured against
+    resolution = TextField(default="")
+    follow_up = TextField(default="")
+    postmortem_done = BooleanField(default=False)
+
+    @property
+    def ref(self) -> str:
+        """The short reference people use: INC-<id>."""
+        return f"INC-{self.id}"
+
+    @property
+    def is_open(self) -> bool:
+        """True until the incident is resolved (with or without follow-up)."""
+        return self.status == "open"
+
+
+class Entry(BaseModel):
+    """A timeline entry. `communicated_at` is NULL until an email has carried it."""
+
+    id = AutoField()
+    incident = ForeignKeyField(Incident, backref="entries", on_delete="CASCADE")
+    at = UTCDateTimeField(index=True)
+    kind = CharField()  # declared update command change email reminder escalation handover ...
+    author = CharField(default="")
+    text = TextField(default="")
+    data = JSONField(null=True)
+    communicated_at = UTCDateTimeField(null=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view used by `show --json`."""
+        return {"at": self.at.isoformat().replace("+00:00", "Z"), "kind": self.kind,
+                "author": self.author, "text": self.text}
+
+
+class Recipient(BaseModel):
+    """Someone who receives this incident's emails, and the root of their thread."""
+
+    id = AutoField()
+    incident = ForeignKeyField(Incident, backref="recipients", on_delete="CASCADE")
+    email = CharField()  # lowercased bare address
+    name = CharField(default="")
+    reason = CharField(default="")
+    added_at = UTCDateTimeField()
+    first_message_id = CharField(null=True)
+    status = CharField(default="active")  # active | bounced | failed
+    last_error = TextField(default="")
+
+    class Meta:
+        indexes = ((("incident", "email"), True),)
+
+
+class OutMessage(BaseModel):
+    """The durable outbox: a rendered email waits here until the relay took it."""
+
+    id = AutoField()
+    incident = ForeignKeyField(Incident, null=True, backref="messages", on_delete="CASCADE")
+    kind = CharField()
+    recipient = CharField()
+    envelope_from = CharField()
+    message_id = CharField()
+    raw = BlobField()
+    created_at = UTCDateTimeField()
+    next_attempt_at = UTCDateTimeField()
+    claimed_until = UTCDateTimeField(null=True)  # a sender holds it; expires if that sender died
+    claimed_by = IntegerField(null=True)  # the sender's PID: a dead sender's claim is void at once
+    attempts = IntegerField(default=0)
+    status = CharField(default="queued")  # queued | sending | sent | failed | expired
+    expires_at = UTCDateTimeField(null=True)  # a reminder is worthless after its deadline
+    sent_at = UTCDateTimeField(null=True)
+    last_error = TextField(default="")
+
+    class Meta:
+        indexes = (
+            (("status", "next_attempt_at"), False),
+            # "is an earlier message to this recipient still waiting?" for every claim
+            (("recipient", "status", "id"), False),
+        )
+
+
+class Due(BaseModel):
+    """A piece of scheduled work (reminder, mark, escalation...) that must run exactly once."""
+
+    id = AutoField()
+    incident = ForeignKeyField(Incident, backref="due", on_delete="CASCADE")
+    kind = CharField()
+    key = CharField()  # what makes it unique for its incident: the mark time, the threshold...
+    due_at = UTCDateTimeField()
+    done_at = UTCDateTimeField(null=True)
+    outcome = CharField(default="")  # done | skipped | cancelled
+
+    class Meta:
+        indexes = (
+            (("incident", "kind", "key"), True),
+            (("done_at", "due_at"), False),
+        )
+
+
+class InMessage(BaseModel):
+    """Every reply accepted with 250 is stored raw in the same transaction as its effect."""
+
+    id = AutoField()
+    incident = ForeignKeyField(Incident, null=True, backref="replies", on_delete="SET NULL")
+    received_at = UTCDateTimeField()
+    mail_from = CharField(default="")
+    sender = CharField(default="")
+    message_id = CharField(default="")
+    raw = BlobField()
+    outcome = CharField(default="")  # posted | command | auto-reply | bounce | empty | note
+
+    class Meta:
+        # The duplicate check of every reply: without it each reply walks all earlier ones.
+        indexes = ((("incident", "message_id"), False),)
+
+
+MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage]
+
+
+def open_database(path: Path | str) -> SqliteDatabase:
+    """Open (and create, 0600) the SQLite file, bind the models to it, and migrate."""
+    path = Path(path)
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Created 0600 before SQLite touches it: the file holds people's addresses and replies.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    db = SqliteDatabase(
+        str(path),
+        pragmas={
+            "journal_mode": "wal",  # readers (CLI) never block the daemon's writer
+            # FULL: in WAL mode, NORMAL may lose the last commits on power loss; a reply
+            # acknowledged with 250 must survive that, so every commit is fsynced.
+            "synchronous": "full",
+            "busy_timeout": 10000,
+            "foreign_keys": 1,
+        },
+        timeout=10,
+        check_same_thread=False,
+    )
+    db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+    db.connect(reuse_if_open=True)
+    version = db.execute_sql("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        with db.atomic():
+            db.create_tables(MODELS, safe=True)
+            db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return db
