@@ -303,6 +303,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         raise fail("previous_secret_until", f"{until_raw!r} is not an ISO 8601 time") from None
     if isinstance(until, datetime) and until.tzinfo is None:
         until = parse_time(until.isoformat())
+    reminder_before = duration(cad.get("reminder_before", "10m"), "cadence.reminder_before")
+    shortest = min(update_every.values())
+    if reminder_before >= shortest:
+        raise fail("cadence.reminder_before", f"must be shorter than the shortest update_every "
+                                              f"({shortest}), or no reminder would ever go out")
     return Config(
         path=path.resolve() if path else None,
         database=resolve("database", "mailflow.db"),
@@ -337,7 +342,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         ),
         cadence=Cadence(
             update_every=update_every,
-            reminder_before=duration(cad.get("reminder_before", "10m"), "cadence.reminder_before"),
+            reminder_before=reminder_before,
             escalate=escalate,
             handover_after=duration(cad.get("handover_after", "7h"), "cadence.handover_after"),
         ),

@@ -42,6 +42,8 @@ def test_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:
     ('from = "nobody"', "from: 'nobody' is not an email address"),
     ("[outbound", "not valid TOML"),
     ('secret = "short"', "secret: too short"),
+    ('[cadence]\nreminder_before = "45m"\nupdate_every = {P0 = "30m"}',
+     "cadence.reminder_before: must be shorter"),
     ('secret = ""', "secret: empty"),
     ('templates = "nowhere"', "templates: "),
     ('[outbound]\nhost = "smtp.example.org"\nstarttls = false\nusername = "u"\npassword = "p"',
