@@ -298,7 +298,7 @@ def main() -> None:
                     mf_got = check(sink, n, "mailflow")
                     # The baseline sends the very bytes mailflow just sent: same sizes, same
                     # line count (the sink's cost is per line), built before its clock starts.
-                    messages = [(m.recipient, bytes(m.raw)) for m in OutMessage.select().where(
+                    messages = [(m.recipient, bytes(m.content)) for m in OutMessage.select().where(
                         OutMessage.kind == "update")]
                 finally:
                     app.close()

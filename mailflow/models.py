@@ -138,7 +138,7 @@ class OutMessage(BaseModel):
     recipient = CharField()
     envelope_from = CharField()
     message_id = CharField()
-    raw = BlobField()
+    content = BlobField(column_name="raw")  # not `raw`: that is peewee's Model.raw()
     created_at = UTCDateTimeField()
     next_attempt_at = UTCDateTimeField()
     claimed_until = UTCDateTimeField(null=True)  # a sender holds it; expires if that sender died
@@ -184,7 +184,7 @@ class InMessage(BaseModel):
     mail_from = CharField(default="")
     sender = CharField(default="")
     message_id = CharField(default="")
-    raw = BlobField()
+    content = BlobField(column_name="raw")  # not `raw`: that is peewee's Model.raw()
     outcome = CharField(default="")  # posted | command | auto-reply | bounce | empty | note
 
     class Meta:

@@ -310,7 +310,7 @@ class Outbox:
                 self._expired(msg, now, report)
                 continue
             try:
-                await transport.send(msg.envelope_from, msg.recipient, bytes(msg.raw))
+                await transport.send(msg.envelope_from, msg.recipient, bytes(msg.content))
             except PermanentFailure as exc:
                 self._failed(msg, now, str(exc), report)
             except RelayDown as exc:

@@ -49,7 +49,7 @@ def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, ma
         outcome = _apply(app, incident, reply, now)
         if outcome.code < 400:
             InMessage.create(incident=incident, received_at=now, mail_from=mail_from,
-                             sender=reply.sender, message_id=reply.message_id, raw=raw,
+                             sender=reply.sender, message_id=reply.message_id, content=raw,
                              outcome=outcome.outcome)
     return outcome
 
@@ -199,7 +199,7 @@ def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
                     next_steps=fields.get("next_steps", ""),
                     lead=fields.get("lead") or sender, author=sender)
                 InMessage.create(incident=incident, received_at=now, mail_from=mail_from,
-                                 sender=sender, message_id=reply.message_id, raw=raw,
+                                 sender=sender, message_id=reply.message_id, content=raw,
                                  outcome="declared")
         except MailflowError as exc:
             problem = str(exc)
@@ -208,7 +208,7 @@ def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
     with app.db.atomic():
         _queue_refusal(app, reply, problem, now)
         InMessage.create(incident=None, received_at=now, mail_from=mail_from, sender=sender,
-                         message_id=reply.message_id, raw=raw, outcome="declaration refused")
+                         message_id=reply.message_id, content=raw, outcome="declaration refused")
     return Outcome(250, "2.0.0 declaration refused; the sender is told why", "declaration refused")
 
 
@@ -235,5 +235,5 @@ def _queue_refusal(app: Mailflow, reply: Reply, problem: str, now: datetime) -> 
         f"Services: {services}. Severities: P0, P1, P2, P3. Impact: outage or degraded.\n"
         "Optional: impacted:, eta:, started:, next steps:, lead:.\n")
     OutMessage.create(incident=None, kind="declaration-refused", recipient=reply.sender,
-                      envelope_from="", message_id=message_id, raw=msg.as_bytes(),
+                      envelope_from="", message_id=message_id, content=msg.as_bytes(),
                       created_at=now, next_attempt_at=now)
