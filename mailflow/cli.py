@@ -185,27 +185,51 @@ def tick(state: State) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--text", required=True, help="What is new.")
+@click.option("--text", default="", help="What is new.")
+@click.option("--severity", default=None, help="Change the severity (P0-P3); the cadence follows.")
+@click.option("--impact", default=None, help="Change the scope: outage or degraded.")
+@click.option("--eta", default=None, help="How long it will last, or what makes it uncertain.")
+@click.option("--started", default=None, help="What has been started.")
+@click.option("--next-steps", default=None, help="The next debugging steps.")
+@click.option("--next-update", default=None, metavar="30m|14:30",
+              help="Move the next communication mark.")
 @click.option("--send", is_flag=True, help="Send the update now instead of at the next mark.")
 @author_option
 @pass_state
-def update(state: State, ref: str, text: str, send: bool, author: str) -> None:
-    """Add an update; it goes out at the next mark, or now with --send.
+def update(state: State, ref: str, text: str, severity: str | None, impact: str | None,
+           eta: str | None, started: str | None, next_steps: str | None,
+           next_update: str | None, send: bool, author: str) -> None:
+    """Add an update or change fields; it goes out at the next mark, or now with --send.
+
+    Every change is logged with its author and shown in orange in the next email.
 
     \b
     Example:
       mailflow update INC-1 --text "Index is corrupt; rebuilding" --send
+      mailflow update INC-1 --severity P2 --impact degraded --eta "2h"
     """
+    changes = dict(severity=severity, impact=impact, eta=eta, started=started,
+                   next_steps=next_steps)
+    if not text.strip() and all(v is None for v in changes.values()) and not next_update \
+            and not send:
+        raise MailflowError("nothing to do: give --text, a field to change, --next-update "
+                            "or --send")
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
-    inc.post_update(app, incident, text, author, now)
+    with inc.locked(app, incident):
+        if any(v is not None for v in changes.values()):
+            inc.change(app, incident, now, author, **changes)
+        if text.strip():
+            inc.post_update(app, incident, text, author, now)
+        if next_update:
+            inc.set_next_update(app, incident, next_update, now, author)
+        msgs = inc.send_update(app, incident, now) if send else []
     if send:
-        msgs = inc.send_update(app, incident, now)
         report = deliver(app, now)
         click.echo(f"update sent to {report.sent} of {len(msgs)}; next communication at "
                    f"{incident.next_comm_at:%H:%M} UTC")
     else:
-        click.echo(f"update recorded; it goes out at {incident.next_comm_at:%H:%M} UTC")
+        click.echo(f"recorded; it goes out at {incident.next_comm_at:%H:%M} UTC")
 
 
 @cli.command()

@@ -196,3 +196,17 @@ def test_file_errors_are_one_line(project: Path, sink: Sink) -> None:
     result = run(project, "preview", "INC-1", "--out", "/nonexistent/dir/x.html")
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: /nonexistent/dir/x.html: No such file or directory"
+
+
+def test_update_changes_fields_from_the_cli(project: Path, sink: Sink) -> None:
+    assert run(project, *DECLARE).exit_code == 0
+    result = run(project, "update", "INC-1", "--severity", "P0", "--eta", "30 min",
+                 now="2026-11-24T10:10:00Z")
+    assert result.exit_code == 0, result.output
+    assert "it goes out at 10:40 UTC" in result.stdout, "P0 cadence: every 30 min from now"
+    shown = json.loads(run(project, "show", "INC-1", "--json").stdout)
+    assert shown["severity"] == "P0" and shown["eta"] == "30 min"
+    changes = [e for e in shown["timeline"] if e["kind"] == "change"]
+    assert [c["author"] for c in changes] == ["ana@example.org"] * 2
+    assert run(project, "update", "INC-1").exit_code == 1, "nothing to do is an error"
+    assert run(project, "update", "INC-1", "--severity", "P9").exit_code == 1

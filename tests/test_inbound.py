@@ -292,3 +292,16 @@ def test_a_forged_from_cannot_declare(app, sink, inbound) -> None:  # noqa: ANN0
     code, answer = inbound.send(msg, "incidents@example.org", mail_from="attacker@evil.example")
     assert code == 550 and b"envelope sender" in answer
     assert Incident.select().count() == 0
+
+
+def test_role_and_impacted_commands(app, sink, incident, inbound) -> None:  # noqa: ANN001
+    code, _ = inbound.send(reply("lead: me\nimpacted: +dean@example.org\n\nTaking over"),
+                           reply_to(sink))
+    assert code == 250
+    fresh = Incident.get_by_id(incident.id)
+    assert fresh.lead == "bob@example.org", "`lead: me` is the sender"
+    assert "dean@example.org" in fresh.impacted
+    assert Recipient.get(Recipient.email == "dean@example.org").reason.startswith(
+        "because you are impacted")
+    assert [e.text for e in posted(incident, "handover")] == [
+        "Lead: ana@example.org → bob@example.org"]
