@@ -377,8 +377,9 @@ def profile(dest: str, sink: Any, contacts_text: str, contacts: Contacts, n: int
         (render._Markers, "values", "  _Markers.values (per recipient)"),
         (inc, "personal", "  incidents.personal (contacts lookup)"),
         (render.Skeleton, "build", "  Skeleton.build (per recipient)"),
-        (outbox.Outbox, "claim", "Outbox.claim (select + mark sending)"),
-        (outbox.SMTPTransport, "send", "SMTPTransport.send (aiosmtplib sendmail)"),
+        (outbox.Outbox, "_claim", "Outbox._claim (claim lane, overlaps sending)"),
+        (outbox.Outbox, "_mark_sent", "Outbox._mark_sent (mark lane, overlaps sending)"),
+        (outbox.SMTPTransport, "send", "SMTPTransport.send (MAIL, RCPT, DATA)"),
         (peewee.SqliteDatabase, "execute_sql", "every SQL statement (overlaps the above)"),
         (peewee._atomic, "__exit__", "every COMMIT (overlaps the above)"),
     ]

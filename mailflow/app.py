@@ -10,8 +10,8 @@ from datetime import datetime
 
 from .config import Config, load_config
 from .contacts import Contacts, empty_contacts, load_contacts
-from .models import Incident, OutMessage, open_database
-from .outbox import Outbox, Report, Transport, make_transport
+from .models import Incident, open_database
+from .outbox import Claimed, Outbox, Report, Transport, make_transport
 from .render import Renderer
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Mailflow:
         self.config, self.contacts, self.renderer = config, contacts, renderer
         self.outbox.retry_for = config.outbound.retry_for
 
-    def _tell_lead(self, msg: OutMessage, error: str, now: datetime) -> None:
+    def _tell_lead(self, msg: Claimed, error: str, now: datetime) -> None:
         """A permanent delivery failure is told to the incident lead (once per message)."""
         from . import incidents as inc
 

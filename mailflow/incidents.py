@@ -244,11 +244,14 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     `expires_at`: past it, the outbox drops the email instead of sending it late.
     """
     if to is None:
-        to = list(Recipient.select().where((Recipient.incident == incident)
-                                           # A bounce arrives with a token every recipient
-                                           # holds, so it can be forged: it is recorded, but
-                                           # only our own relay's 5xx stops the mail.
-                                           & (Recipient.status != "failed"))
+        # Only the columns used here and by `personal`: a fan-out reads 1,000s of rows, and
+        # building each full row (dates parsed) cost half of this query.
+        to = list(Recipient.select(Recipient.id, Recipient.email, Recipient.name,
+                                   Recipient.reason, Recipient.first_message_id)
+                  .where((Recipient.incident == incident)
+                         # A bounce arrives with a token every recipient holds, so it can be
+                         # forged: it is recorded, but only our own relay's 5xx stops the mail.
+                         & (Recipient.status != "failed"))
                   .order_by(Recipient.id))
     if not to:
         return []

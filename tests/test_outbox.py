@@ -1,16 +1,32 @@
-"""Relay outages: refuse, then 4xx, then recover. Nothing lost, nothing doubled, in order."""
+"""Relay outages: refuse, then 4xx, then recover. Nothing lost, nothing doubled, in order.
+
+Also the bookkeeping that overlaps sending: `sent` marks committed before the next DATA,
+batches claimed ahead, and bodies encoded once for all recipients.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
+import sqlite3
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mailflow import incidents as inc
+from mailflow import outbox
 from mailflow.app import Mailflow
-from mailflow.config import load_config
+from mailflow.config import Outbound, load_config
 from mailflow.models import Entry, OutMessage
-from mailflow.testing import Sink
+from mailflow.render import _Markers, _Part, _qp
+from mailflow.testing import Sink, SinkHandler
 
 from .conftest import T0, write_config
 from .test_lifecycle import declare
@@ -120,7 +136,10 @@ def test_one_unsendable_message_does_not_stall_the_others(app: Mailflow, sink: S
         def __init__(self) -> None:
             self.sent: list[str] = []
 
-        async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None:
+        async def send(self, envelope_from: str, recipient: str, raw: bytes, *,
+                       before_data: Callable[[], Awaitable[None]] | None = None) -> None:
+            if before_data is not None:
+                await before_data()
             if recipient == "ana@example.org":
                 raise UnicodeEncodeError("ascii", "x", 0, 1, "boom")
             self.sent.append(recipient)
@@ -136,3 +155,151 @@ def test_one_unsendable_message_does_not_stall_the_others(app: Mailflow, sink: S
     assert sorted(picky.sent) == ["ops-team@example.org", "student-council@example.org"]
     assert report.failed == 1
     assert OutMessage.select().where(OutMessage.status == "sending").count() == 0
+
+
+MANY = [f"user{i}@example.org" for i in range(10)]  # with ana and ops-team: 12 recipients
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 4, the next claimed when 2 are left: a dozen emails cross every path."""
+    monkeypatch.setattr(outbox, "BATCH", 4)
+    monkeypatch.setattr(outbox, "PREFETCH_AT", 2)
+
+
+@dataclass
+class MarkChecker(SinkHandler):
+    """A sink that, as each message's DATA ends, checks every earlier one is marked sent."""
+
+    database: Path = Path()
+    unmarked: list[tuple[int, int]] = field(default_factory=list)  # (accepted, marked)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with contextlib.closing(sqlite3.connect(self.database)) as db:
+            marked = db.execute("SELECT count(*) FROM outmessage WHERE status = 'sent'").fetchone()
+        if marked[0] != len(self.received):
+            self.unmarked.append((len(self.received), marked[0]))
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_each_sent_mark_is_committed_before_the_next_data(
+        tmp_path: Path, small_batches: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The mark of message k commits in the background while k+1's envelope goes out, but
+    # before its DATA: a crash can only ever re-send the one message in flight.
+    mark = outbox.Outbox._mark_sent
+
+    def slow_mark(self: outbox.Outbox, *args: Any) -> None:
+        time.sleep(0.02)  # slower than the next MAIL FROM and RCPT TO: DATA must wait
+        mark(self, *args)
+
+    monkeypatch.setattr(outbox.Outbox, "_mark_sent", slow_mark)
+    checker = MarkChecker()
+    with Sink(handler=checker) as sink:
+        app = Mailflow(load_config(write_config(tmp_path, sink.port)))
+        checker.database = app.config.database
+        incident = declare(app, impacted=MANY)
+        inc.post_update(app, incident, "Still down", "ana@example.org", at(1))
+        inc.send_update(app, incident, at(1))  # a second message to each, queued behind
+        report = app.deliver_now(at(1))
+        app.close()
+    assert report.sent == 24 and len(checker.received) == 24
+    assert checker.unmarked == []
+
+
+def test_batches_claimed_ahead_keep_each_recipients_order(app: Mailflow, sink: Sink,
+                                                          small_batches: None) -> None:
+    incident = declare(app, impacted=MANY)
+    inc.post_update(app, incident, "Still down", "ana@example.org", at(1))
+    inc.send_update(app, incident, at(1))
+    inc.post_update(app, incident, "Better", "ana@example.org", at(2))
+    inc.send_update(app, incident, at(2))
+    assert app.deliver_now(at(2)).sent == 36, "what waited behind a claimed batch went too"
+    per_rcpt: dict[str, list[str]] = {}
+    for r in sink.received:
+        per_rcpt.setdefault(r.rcpt_tos[0], []).append(r.message.get_body(("plain",)).get_content())
+    assert len(per_rcpt) == 12
+    for texts in per_rcpt.values():
+        assert len(texts) == 3
+        assert "Still down" not in texts[0] and "Better" not in texts[1] and "Better" in texts[2]
+    assert OutMessage.select().where(OutMessage.status != "sent").count() == 0
+
+
+def test_what_waits_behind_the_last_batch_goes_out_in_the_same_run(app: Mailflow, sink: Sink,
+                                                                   small_batches: None) -> None:
+    # The batch claimed ahead cannot take ana's update while her start is in flight: the
+    # run looks once more when that batch comes back empty.
+    incident = declare(app, impacted=[])
+    inc.post_update(app, incident, "Still down", "ana@example.org", at(1))
+    inc.send_update(app, incident, at(1))
+    assert app.deliver_now(at(1)).sent == 4
+    kinds = [(r.rcpt_tos[0], r.message["X-Mailflow-Kind"]) for r in sink.received]
+    for rcpt in ("ana@example.org", "ops-team@example.org"):
+        assert [k for r, k in kinds if r == rcpt] == ["start", "update"]
+
+
+class Recorder:
+    """A transport that takes everything (awaiting the previous mark as SMTP does)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, envelope_from: str, recipient: str, raw: bytes, *,
+                   before_data: Callable[[], Awaitable[None]] | None = None) -> None:
+        if before_data is not None:
+            await before_data()
+        self.sent.append(recipient)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_stopped_run_gives_back_the_batch_it_claimed_ahead(app: Mailflow,
+                                                            small_batches: None) -> None:
+    declare(app, impacted=MANY)
+    recorder = Recorder()
+    # The first batch (2) goes out while the next (4) is claimed; then SIGTERM.
+    report = asyncio.run(app.outbox.deliver(recorder, T0,
+                                            should_stop=lambda: len(recorder.sent) >= 2))
+    assert report.sent == 2 and len(recorder.sent) == 2
+    statuses = Counter(m.status for m in OutMessage.select())
+    assert statuses == {"sent": 2, "queued": 10}, "nothing left claimed by a sender that stopped"
+    assert asyncio.run(app.outbox.deliver(recorder, T0)).sent == 10
+
+
+def test_bodies_encoded_once_are_the_bytes_of_encoding_each_copy() -> None:
+    # Quoted-printable is encoded once for the lines shared by every copy, and per recipient
+    # only for the lines with markers: the result must be byte for byte the whole encoding.
+    rng = random.Random(7)
+    markers = _Markers()
+    keys = ["greeting", "name", "reason", "local0"]
+    pieces = ["a", " ", "\t", ".", "=", "é", "€", "\n", "\r\n", "\r", "x" * 75, "   ", "{}",
+              *(str(getattr(markers, k)) if k != "local0" else str(markers.local(None))
+                for k in keys)]
+    values = {"greeting": "Hello Chloé,", "name": "Ana  Lima ", "reason": "as a <b>lead</b>",
+              "local0": " (11:00 Europe/Zurich)"}
+    fill = markers._pattern
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        expected = _qp(fill.sub(lambda m: values.get(m.group(1), ""), text))
+        assert _Part(text, fill).encode(values) == expected, repr(text)
+
+
+@pytest.mark.parametrize(("raw", "received"), [
+    # CRLF throughout: sent as it is, dot-stuffed (the relay strips the extra dots again)
+    (b".first\r\nSubject: x\r\n\r\n.\r\n..two\r\nend.\r\n",
+     b".first\r\nSubject: x\r\n\r\n.\r\n..two\r\nend.\r\n"),
+    # anything else goes through aiosmtplib, which fixes the line ends
+    (b"Subject: x\n\n.dot\nlast", b"Subject: x\r\n\r\n.dot\r\nlast\r\n"),
+])
+def test_smtp_transport_sends_the_bytes_it_is_given(sink: Sink, raw: bytes,
+                                                     received: bytes) -> None:
+    async def send() -> None:
+        transport = outbox.SMTPTransport(Outbound(host="127.0.0.1", port=sink.port,
+                                                  starttls=False))
+        await transport.send("incidents@example.org", "ana@example.org", raw)
+        await transport.send("incidents@example.org", "bob@example.org", raw)  # same connection
+        await transport.close()
+
+    asyncio.run(send())
+    assert [r.data for r in sink.received] == [received, received]
+    assert [r.rcpt_tos for r in sink.received] == [["ana@example.org"], ["bob@example.org"]]
