@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from .clock import as_utc
 from .errors import InvalidInput, TemplateError
 from .incidents import IMPACTS, SEVERITY_LABELS
 from .models import Entry, Incident, OutMessage
@@ -58,11 +57,6 @@ class Line:
     author: str
     text: str
 
-    @property
-    def day(self) -> str:
-        """The UTC date, YYYY-MM-DD."""
-        return f"{as_utc(self.at):%Y-%m-%d}"
-
 
 @dataclass(frozen=True)
 class SeverityChange:
@@ -73,11 +67,6 @@ class SeverityChange:
     new: str
     author: str
 
-    @property
-    def day(self) -> str:
-        """The UTC date, YYYY-MM-DD."""
-        return f"{as_utc(self.at):%Y-%m-%d}"
-
 
 @dataclass(frozen=True)
 class Lead:
@@ -85,11 +74,6 @@ class Lead:
 
     since: datetime
     who: str
-
-    @property
-    def day(self) -> str:
-        """The UTC date, YYYY-MM-DD."""
-        return f"{as_utc(self.since):%Y-%m-%d}"
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,10 @@ def _hm(value: datetime | None) -> str:
     return "" if value is None else f"{as_utc(value):%H:%M}"
 
 
+def _day(value: datetime | None) -> str:
+    return "" if value is None else f"{as_utc(value):%Y-%m-%d}"
+
+
 def _utc(value: datetime | None) -> str:
     return "" if value is None else f"{as_utc(value):%Y-%m-%d %H:%M} UTC"
 
@@ -172,7 +176,7 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
-        self.env.filters.update(hm=_hm, utc=_utc, duration=format_duration)
+        self.env.filters.update(hm=_hm, day=_day, utc=_utc, duration=format_duration)
         self._css_cache: dict[str, str] = {}
 
     def check(self) -> None:
