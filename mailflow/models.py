@@ -22,9 +22,7 @@ from peewee import (
 )
 
 from .clock import as_utc
-
-SCHEMA_VERSION = 1
-
+from .migrations import upgrade
 
 class UTCDateTimeField(DateTimeField):
     """Stores naive UTC, returns aware UTC, so comparisons with `now` never mix kinds."""
@@ -218,9 +216,9 @@ def open_database(path: Path | str) -> SqliteDatabase:
     )
     db.bind(MODELS, bind_refs=False, bind_backrefs=False)
     db.connect(reuse_if_open=True)
-    version = db.execute_sql("PRAGMA user_version").fetchone()[0]
-    if version < SCHEMA_VERSION:
-        with db.atomic():
-            db.create_tables(MODELS, safe=True)
-            db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    try:
+        upgrade(db, path)
+    except BaseException:
+        db.close()
+        raise
     return db

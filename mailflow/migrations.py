@@ -1,0 +1,327 @@
+"""Numbered schema migrations, recorded in the `migration` table, each in one transaction.
+
+Every change to the schema is a new entry appended to `MIGRATIONS`; an existing entry is
+never edited once it has landed, because databases out there already ran it. A migration
+is a function of the database and a `playhouse.migrate` migrator (portable DDL); tables
+are created from models frozen inside the migration, not from `models.py`, so that a
+later change to a model cannot change what an old migration does.
+
+`upgrade()` runs on every open of the database (the daemon and every CLI command): it
+backs the file up (`<db>.bak-<version>`, SQLite's online backup) before the first
+pending migration, applies each pending one in its own transaction under a write lock
+(two processes starting at once cannot both migrate), and refuses a database that a
+newer mailflow has already migrated further than this code knows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from peewee import (
+    AutoField,
+    BlobField,
+    BooleanField,
+    CharField,
+    Database,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+from playhouse.migrate import SchemaMigrator
+
+from . import clock
+from .errors import MailflowError
+
+MIGRATION_TABLE = "migration"
+
+
+class SchemaError(MailflowError):
+    """The database's schema cannot be used or upgraded by this version of mailflow."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: a stable name (`0003_outbox_claimed_by`) and what it does."""
+
+    name: str
+    apply: Callable[[Database, SchemaMigrator], None]
+
+    @property
+    def number(self) -> int:
+        """The leading number of the name: migrations run in this order."""
+        return int(self.name.split("_", 1)[0])
+
+
+def _columns(db: Database, table: str) -> set[str]:
+    return {c.name for c in db.get_columns(table)}
+
+
+def _add_column(db: Database, migrator: SchemaMigrator, table: str, name: str,
+                field: object) -> None:
+    # Idempotent: a database created between two landings may already have the column
+    # (the old code created every table from the models of its day).
+    if name not in _columns(db, table):
+        migrator.add_column(table, name, field).run()
+
+
+def _add_index(db: Database, table: str, columns: tuple[str, ...], unique: bool = False) -> None:
+    name = f"{table}_{'_'.join(columns)}"
+    cols = ", ".join(f'"{c}"' for c in columns)
+    kind = "UNIQUE INDEX" if unique else "INDEX"
+    db.execute_sql(f'CREATE {kind} IF NOT EXISTS "{name}" ON "{table}" ({cols})')
+
+
+# --- the migrations -------------------------------------------------------------------
+
+
+def _m0001_initial(db: Database, migrator: SchemaMigrator) -> None:
+    """The schema as first released: incidents, timeline, recipients, outbox, due, inbox."""
+
+    class Base(Model):
+        class Meta:
+            database = db
+
+    class Incident(Base):
+        id = AutoField()
+        service = CharField()
+        service_title = CharField()
+        subject = CharField()
+        severity = CharField()
+        impact = CharField()
+        summary = TextField()
+        impacted = TextField()
+        eta = TextField()
+        started = TextField()
+        next_steps = TextField()
+        lead = CharField(null=True)
+        lead_since = DateTimeField(null=True)
+        communicator = CharField(null=True)
+        scribe = CharField(null=True)
+        status = CharField()
+        declared_at = DateTimeField()
+        resolved_at = DateTimeField(null=True)
+        closed_at = DateTimeField(null=True)
+        next_comm_at = DateTimeField(null=True)
+        last_comm_at = DateTimeField(null=True)
+        last_sent = TextField(null=True)
+        resolution = TextField()
+        follow_up = TextField()
+        postmortem_done = BooleanField()
+
+        class Meta:
+            table_name = "incident"
+
+    class Due(Base):
+        id = AutoField()
+        incident = ForeignKeyField(Incident, on_delete="CASCADE")
+        kind = CharField()
+        key = CharField()
+        due_at = DateTimeField()
+        done_at = DateTimeField(null=True)
+        outcome = CharField()
+
+        class Meta:
+            table_name = "due"
+            indexes = ((("incident", "kind", "key"), True), (("done_at", "due_at"), False))
+
+    class Entry(Base):
+        id = AutoField()
+        incident = ForeignKeyField(Incident, on_delete="CASCADE")
+        at = DateTimeField(index=True)
+        kind = CharField()
+        author = CharField()
+        text = TextField()
+        data = TextField(null=True)
+        communicated_at = DateTimeField(null=True)
+
+        class Meta:
+            table_name = "entry"
+
+    class InMessage(Base):
+        id = AutoField()
+        incident = ForeignKeyField(Incident, null=True, on_delete="SET NULL")
+        received_at = DateTimeField()
+        mail_from = CharField()
+        sender = CharField()
+        message_id = CharField(index=True)
+        raw = BlobField()
+        outcome = CharField()
+
+        class Meta:
+            table_name = "inmessage"
+
+    class OutMessage(Base):
+        id = AutoField()
+        incident = ForeignKeyField(Incident, null=True, on_delete="CASCADE")
+        kind = CharField()
+        recipient = CharField()
+        envelope_from = CharField()
+        message_id = CharField()
+        raw = BlobField()
+        created_at = DateTimeField()
+        next_attempt_at = DateTimeField()
+        claimed_until = DateTimeField(null=True)
+        attempts = IntegerField()
+        status = CharField()
+        sent_at = DateTimeField(null=True)
+        last_error = TextField()
+
+        class Meta:
+            table_name = "outmessage"
+            indexes = ((("status", "next_attempt_at"), False),)
+
+    class Recipient(Base):
+        id = AutoField()
+        incident = ForeignKeyField(Incident, on_delete="CASCADE")
+        email = CharField()
+        name = CharField()
+        reason = CharField()
+        added_at = DateTimeField()
+        first_message_id = CharField(null=True)
+        status = CharField()
+        last_error = TextField()
+
+        class Meta:
+            table_name = "recipient"
+            indexes = ((("incident", "email"), True),)
+
+    db.create_tables([Incident, Due, Entry, InMessage, OutMessage, Recipient], safe=True)
+
+
+def _m0002_outbox_recipient_order(db: Database, migrator: SchemaMigrator) -> None:
+    """Index for "is an earlier message to this recipient still waiting?" at every claim."""
+    _add_index(db, "outmessage", ("recipient", "status", "id"))
+
+
+def _m0003_outbox_claimed_by(db: Database, migrator: SchemaMigrator) -> None:
+    """The sender's PID on a claim: a dead sender's claim is void at once."""
+    _add_column(db, migrator, "outmessage", "claimed_by", IntegerField(null=True))
+
+
+def _m0004_reply_duplicate_index(db: Database, migrator: SchemaMigrator) -> None:
+    """The duplicate check of every reply looks up (incident, Message-ID), not Message-ID."""
+    _add_index(db, "inmessage", ("incident_id", "message_id"))
+    db.execute_sql('DROP INDEX IF EXISTS "inmessage_message_id"')
+
+
+def _m0005_outbox_expires_at(db: Database, migrator: SchemaMigrator) -> None:
+    """A reminder is worthless after its deadline: the outbox drops it then."""
+    _add_column(db, migrator, "outmessage", "expires_at", DateTimeField(null=True))
+
+
+MIGRATIONS: list[Migration] = [
+    Migration("0001_initial", _m0001_initial),
+    Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
+    Migration("0003_outbox_claimed_by", _m0003_outbox_claimed_by),
+    Migration("0004_reply_duplicate_index", _m0004_reply_duplicate_index),
+    Migration("0005_outbox_expires_at", _m0005_outbox_expires_at),
+]
+
+
+# --- running them ---------------------------------------------------------------------
+
+
+def _ensure_table(db: Database) -> None:
+    db.execute_sql(
+        f'CREATE TABLE IF NOT EXISTS "{MIGRATION_TABLE}" '
+        '("name" VARCHAR(255) NOT NULL PRIMARY KEY, "applied_at" VARCHAR(40) NOT NULL)'
+    )
+
+
+def applied(db: Database) -> list[str]:
+    """Names of the migrations this database has run, in order (empty for a new file)."""
+    if not db.table_exists(MIGRATION_TABLE):
+        return []
+    rows = db.execute_sql(f'SELECT "name" FROM "{MIGRATION_TABLE}" ORDER BY "name"')
+    return [r[0] for r in rows.fetchall()]
+
+
+def pending(db: Database, migrations: list[Migration] | None = None) -> list[Migration]:
+    """The migrations this database has not run yet."""
+    done = set(applied(db))
+    return [m for m in (migrations or MIGRATIONS) if m.name not in done]
+
+
+def _record(db: Database, name: str, now: datetime) -> None:
+    db.execute_sql(f'INSERT INTO "{MIGRATION_TABLE}" ("name", "applied_at") VALUES (?, ?)',
+                   (name, now.isoformat().replace("+00:00", "Z")))
+
+
+def _adopt_legacy(db: Database, now: datetime) -> None:
+    """A database from before this table existed (PRAGMA user_version 1) has run 0001.
+
+    Its later columns and indexes may or may not be there, depending on the version
+    that created it; 0002 onwards are idempotent and fill in what is missing.
+    """
+    if not applied(db) and db.table_exists("incident"):
+        _record(db, MIGRATIONS[0].name, now)
+
+
+def _check_not_newer(db: Database, migrations: list[Migration], where: str) -> None:
+    known = {m.name for m in migrations}
+    unknown = [name for name in applied(db) if name not in known]
+    if unknown:
+        raise SchemaError(
+            f"{where}: the database was upgraded by a newer mailflow (migration {unknown[-1]});"
+            " this version would write the old shape: upgrade mailflow on this host")
+
+
+def backup(db: Database, path: Path, version: str) -> Path | None:
+    """An online copy of the SQLite file at `<path>.bak-<version>`, before migrating it."""
+    if str(path) == ":memory:":
+        return None
+    target = path.with_name(f"{path.name}.bak-{version}")
+    dst = sqlite3.connect(str(target))
+    try:
+        db.connection().backup(dst)
+    finally:
+        dst.close()
+    target.chmod(0o600)  # the copy holds the same addresses and replies as the database
+    return target
+
+
+def upgrade(db: Database, path: Path | str, now: datetime | None = None,
+            migrations: list[Migration] | None = None) -> list[str]:
+    """Apply every pending migration, each in one transaction; returns the names applied."""
+    migrations = migrations if migrations is not None else MIGRATIONS
+    now = now or clock.now()
+    path = Path(path)
+    where = str(path)
+    migrator = SchemaMigrator.from_database(db)
+    _check_not_newer(db, migrations, where)
+    done = applied(db)
+    legacy = not done and db.table_exists("incident")
+    known = done or ([migrations[0].name] if legacy else [])
+    todo = [m for m in migrations if m.name not in set(known)]
+    if not todo and not legacy:
+        return []
+    if known:  # an existing database: keep a copy of it as it was, before any change
+        backup(db, path, known[-1].split("_", 1)[0])
+    with db.atomic("IMMEDIATE"):
+        _ensure_table(db)
+        _adopt_legacy(db, now)
+    names = []
+    for migration in todo:
+        # The write lock is taken before looking: of two processes starting at once, the
+        # second waits, then finds the step done.
+        with db.atomic("IMMEDIATE"):
+            if migration.name in applied(db):
+                continue
+            try:
+                migration.apply(db, migrator)
+            except Exception as exc:
+                last = applied(db)
+                raise SchemaError(
+                    f"{where}: migration {migration.name} failed and was rolled back ({exc});"
+                    f" the database is as it was after {last[-1] if last else 'its creation'}:"
+                    " fix the cause (disk full? permissions?) and run the command again"
+                ) from exc
+            _record(db, migration.name, now)
+        names.append(migration.name)
+    return names
