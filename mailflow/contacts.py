@@ -50,7 +50,7 @@ _KINDS = {
 
 _TOP_KEYS = ("people", "lists", "services")
 _PERSON_KEYS = ("name", "email", "expertise", "timezone")
-_SERVICE_KEYS = ("title", "notify", "escalate", "expertise")
+_SERVICE_KEYS = ("title", "notify", "escalate", "expertise", "oncall")
 
 
 def is_address(text: str) -> bool:
@@ -77,6 +77,9 @@ class Service:
     notify: tuple[str, ...]
     escalate: tuple[tuple[timedelta, tuple[str, ...]], ...]
     expertise: tuple[str, ...] = ()
+    # People on call, in order: the first is the lead when a declaration names none;
+    # an alert that nobody takes goes to the next one.
+    oncall: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
             check.error(key_node, f"unknown key {key!r}; expected one of: {', '.join(_TOP_KEYS)}")
     people = _parse_people(check, sections.get("people"))
     lists, list_names = _parse_lists(check, sections.get("lists"))
-    services = _parse_services(check, sections.get("services"), list_names)
+    services = _parse_services(check, sections.get("services"), list_names, people)
     check.raise_if_any()
     lists_line = _line(sections["lists"][0]) if "lists" in sections else 1
     return Contacts(
@@ -420,7 +423,8 @@ def _parse_lists(
 
 
 def _parse_services(
-    check: _Checker, entry: tuple[Node, Node] | None, list_names: set[str]
+    check: _Checker, entry: tuple[Node, Node] | None, list_names: set[str],
+    people: Mapping[str, Person],
 ) -> dict[str, Service]:
     services: dict[str, Service] = {}
     if entry is None or _is_null(entry[1]):
@@ -457,10 +461,30 @@ def _parse_services(
             notify = _list_refs(check, fields["notify"], f"service {key!r} notify", list_names)
         escalate = _escalate(check, key, fields.get("escalate"), list_names)
         expertise = _tags(check, fields.get("expertise"))
-        if title is None or notify is None or escalate is None:
+        oncall = _oncall(check, key, fields.get("oncall"), people)
+        if title is None or notify is None or escalate is None or oncall is None:
             continue
-        services[key] = Service(key, title.strip() or key, notify, escalate, expertise)
+        services[key] = Service(key, title.strip() or key, notify, escalate, expertise, oncall)
     return services
+
+
+def _oncall(check: _Checker, key: str, entry: tuple[Node, Node] | None,
+            people: Mapping[str, Person]) -> tuple[str, ...] | None:
+    """The on-call people of a service, in order; each must be in `people:`."""
+    if entry is None or _is_null(entry[1]):
+        return ()
+    errors_before = len(check.errors)
+    found = []
+    for text, node in check.texts(entry[0], entry[1], f"service {key!r} oncall",
+                                  "[ana@example.org, ben@example.org]"):
+        address = _bare_address(text)
+        if address.lower() not in people:
+            check.error(node, f"service {key!r} oncall: {text!r} is not in `people:`; "
+                              "add them there first (the on-call person may lead incidents)")
+        found.append(address.lower())
+    if len(check.errors) > errors_before:
+        return None
+    return tuple(dict.fromkeys(found))
 
 
 def _list_refs(

@@ -832,3 +832,28 @@ def test_several_edits_before_one_save(tmp_path: Path) -> None:
         "Eve",
     ]
     assert editor.text == path.read_text(encoding="utf-8")
+
+
+def test_a_service_names_its_oncall_people_in_order(tmp_path: Path) -> None:
+    text = EXAMPLE_FOR_ONCALL.replace("ONCALL", "[Ben@example.org, ana@example.org]")
+    contacts = parse_contacts(text, tmp_path / "contacts.yaml")
+    assert contacts.service("learn").oncall == ("ben@example.org", "ana@example.org")
+
+
+def test_an_oncall_person_must_be_in_people(tmp_path: Path) -> None:
+    text = EXAMPLE_FOR_ONCALL.replace("ONCALL", "[zoe@example.org]")
+    with pytest.raises(ContactsError, match=r"contacts.yaml:9: service 'learn' oncall: "
+                                            r"'zoe@example.org' is not in `people:`"):
+        parse_contacts(text, tmp_path / "contacts.yaml")
+
+
+EXAMPLE_FOR_ONCALL = """people:
+  - {name: Ana Lima, email: ana@example.org}
+  - {name: Ben Okafor, email: ben@example.org}
+lists:
+  stakeholders: [ana@example.org]
+services:
+  learn:
+    notify: [stakeholders]
+    oncall: ONCALL
+"""
