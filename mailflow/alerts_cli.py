@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -39,3 +40,31 @@ def alert(state: Any, service: str, summary: str, severity: str, impact: str, ke
     report = app.deliver_now(now)
     waiting = f"; {app.outbox.pending()} waiting in the outbox" if report.retrying else ""
     click.echo(f"{intake.line}; {report.sent} email(s) sent{waiting}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--text", default="", help="Publish these words instead of the internal text.")
+@click.option("--author", default=lambda: os.environ.get("MAILFLOW_USER")
+              or os.environ.get("USER") or "cli", show_default="$MAILFLOW_USER",
+              help="Who is publishing (recorded in the timeline).")
+@pass_state
+def publish(state: Any, ref: str, text: str, author: str) -> None:
+    """Publish an incident's latest communication on the external status page.
+
+    \b
+    Example:
+      mailflow publish INC-7
+      mailflow publish INC-7 --text "Logins are slow; we are on it"
+    """
+    from . import incidents as inc
+    from . import statuspage
+
+    app = state.app
+    now = clock.now()
+    incident = inc.get_incident(ref)
+    with inc.locked(app, incident):
+        update = statuspage.publish(app, incident, now, author, text)
+    statuspage.flush(app, now)
+    where = app.config.status.dir or "nowhere: set [status] dir"
+    click.echo(f"{incident.ref} published: {update.public_text} (status page in {where})")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from . import statuspage
 from .config import Config, load_config
 from .contacts import Contacts, empty_contacts, load_contacts
 from .models import Incident, open_database
@@ -74,6 +75,7 @@ class Mailflow:
     async def deliver(self, now: datetime, clock: Callable[[], datetime] | None = None,
                       should_stop: Callable[[], bool] | None = None) -> Report:
         """Send everything in the outbox that is due at `now` (see Outbox.deliver)."""
+        statuspage.flush(self, now)  # after the change that queued this mail has committed
         transports = self.transports()
         try:
             return await self.outbox.deliver(transports[0], now, len(transports), transports[1:],
@@ -88,5 +90,6 @@ class Mailflow:
 
     def close(self) -> None:
         """Close the database."""
+        statuspage.wait(self)  # a CLI command lets its status page upload finish
         self.outbox.close()
         self.db.close()

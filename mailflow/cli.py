@@ -526,8 +526,9 @@ cli.add_command(contacts)
 
 
 def _register_alerts() -> None:
-    from .alerts_cli import alert
+    from .alerts_cli import alert, publish
     cli.add_command(alert)
+    cli.add_command(publish)
 
 
 _register_alerts()

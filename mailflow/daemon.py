@@ -17,7 +17,7 @@ from datetime import datetime
 
 import schedule
 
-from . import clock, httpapi
+from . import clock, httpapi, statuspage
 from .app import Mailflow
 from .errors import MailflowError
 from .inbound import InboundHandler, make_protocol
@@ -110,6 +110,7 @@ class Daemon:
         log.info("listening for replies on %s:%d", cfg.inbound.host, self.port)
         # Alert webhooks and one-click unsubscribes ([http] enabled), in this same loop.
         self.http = await httpapi.start(self.app, self.now, on_queued=self._wake.set)
+        statuspage.mark_dirty(self.app)  # the status page is rewritten (and copied) at start
         sd_notify(f"READY=1\nSTATUS=listening on {cfg.inbound.host}:{self.port}")
 
         # `schedule` paces the tick; the event lets a posted reply be sent at once.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import statuspage
 from .clock import parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
@@ -279,6 +280,7 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
         log(incident, now, "email", f"{kind} email queued to {len(outgoing)}: {names}{more}",
             author="mailflow", data={"kind": kind, "count": len(outgoing)})
         if marks_sent:
+            statuspage.record(app, incident, kind, now)  # the status page's one choke point
             Entry.update(communicated_at=now).where(
                 (Entry.incident == incident) & Entry.communicated_at.is_null()).execute()
             incident.last_sent = facts_of(incident)

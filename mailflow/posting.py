@@ -11,6 +11,7 @@ from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
 
 from . import incidents as inc
+from . import statuspage
 from .errors import MailflowError
 from .models import Entry, Incident, InMessage, OutMessage, Recipient
 from .render import bare_address, one_line
@@ -48,6 +49,8 @@ def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, ma
     if incident.status == "draft":  # from an alert: `declare` or `dismiss` (alerts.py)
         from . import alerts
         return alerts.accept_reply(app, incident, reply, raw, mail_from, now)
+    if (published := statuspage.accept_reply(app, incident, reply, raw, mail_from, now)):
+        return published  # `publish` / `publish: other words` for the status page
     with inc.locked(app, incident):
         outcome = _apply(app, incident, reply, now)
         if outcome.code < 400:
