@@ -31,6 +31,7 @@ secret = "{secret}"   # signs reply tokens; keep it private
 # previous_secret = "..."
 # previous_secret_until = 2026-12-31T00:00:00Z
 # maildir = "mail"               # where mail goes while [outbound] has no host
+# allow_local_domains = false    # true: addresses at dotless domains (ana@localhost), for tests
 
 [outbound]
 # host = "smtp.example.org"      # unset: emails are written to the Maildir instead
@@ -41,6 +42,7 @@ starttls = true
 concurrency = 1                  # parallel SMTP connections
 retry_for = "1d"                 # give up on a temporarily failing email after this long
 # cafile = "relay-ca.pem"        # the relay's private CA (default: the system's CAs)
+# smtputf8 = false               # true: the relay takes non-ASCII addresses
 
 [inbound]
 host = "127.0.0.1"               # replies come in here; keep it on loopback behind your MTA
@@ -79,6 +81,7 @@ class Outbound:
     timeout: float = 30.0
     retry_for: timedelta = timedelta(days=1)
     cafile: Path | None = None  # a private CA for the relay's certificate; default: the system's
+    smtputf8: bool = False  # the relay takes non-ASCII addresses (RFC 6531)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class Config:
     outbound: Outbound = field(default_factory=Outbound)
     inbound: Inbound = field(default_factory=Inbound)
     cadence: Cadence = field(default_factory=Cadence)
+    allow_local_domains: bool = False  # addresses at dotless domains (ana@localhost): local tests
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -155,9 +159,9 @@ class Config:
 
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
-        "outbound", "inbound", "cadence"}
+        "outbound", "inbound", "cadence", "allow_local_domains"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
-        "cafile"}
+        "cafile", "smtputf8"}
 _IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
        "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout", "max_parts",
        "max_recipients"}
@@ -369,6 +373,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             timeout=float(get(out, "timeout", (int, float), 30, "outbound.")),
             retry_for=duration(out.get("retry_for", "1d"), "outbound.retry_for"),
             cafile=cafile,
+            smtputf8=get(out, "smtputf8", bool, False, "outbound."),
         ),
         inbound=Inbound(
             host=get(inb, "host", str, "127.0.0.1", "inbound."),
@@ -387,4 +392,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             escalate=escalate,
             handover_after=duration(cad.get("handover_after", "7h"), "cadence.handover_after"),
         ),
+        allow_local_domains=get(data, "allow_local_domains", bool, False),
     )
