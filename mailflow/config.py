@@ -7,11 +7,11 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from .addresses import Rules, check
 from .clock import parse_duration, parse_time
 from .errors import ConfigError, InvalidInput
 
@@ -242,13 +242,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             raise fail(key, str(exc).split(": ", 1)[1]) from None
 
     def address(value: str, key: str) -> str:
-        name, addr = parseaddr(value)
-        if "@" not in addr or any(c in value for c in "\r\n"):
-            raise fail(key, f"{value!r} is not an email address")
+        rules = Rules(allow_local_domains=data.get("allow_local_domains") is True)
         try:
-            Address(addr_spec=addr)
-        except (ValueError, IndexError):
-            raise fail(key, f"{value!r} is not an email address") from None
+            check(value, "", rules)
+        except InvalidInput as exc:
+            raise fail(key, str(exc).strip()) from None
         return value
 
     check_keys(data, _TOP, "")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import resource
 import smtplib
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 
 from mailflow import incidents as inc
 from mailflow.app import Mailflow
@@ -16,6 +23,60 @@ from mailflow.inbound import Gate, InboundHandler, listen
 from mailflow.models import Incident
 
 from .conftest import T0
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Process:
+    """A `mailflow serve` subprocess whose stderr is collected line by line."""
+
+    def __init__(self, folder: Path, env: dict[str, str], open_files: int | None = None) -> None:
+        self.lines: list[str] = []
+
+        def limit() -> None:  # as systemd's default LimitNOFILE would
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailflow.cli", "--config", str(folder / "mailflow.toml"),
+             "serve", "--port", "0", "--tick", "0.2"],
+            env={**os.environ, **env}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True, preexec_fn=limit if open_files is not None else None,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        wait_for(lambda: self.port is not None, what="the daemon to listen")
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def port(self) -> int | None:
+        for line in self.lines:
+            m = re.search(r"listening for replies on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                return int(m.group(1))
+        return None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(15)
+        self.reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
 
 
 def declare_incident(app: Mailflow, **fields: object) -> Incident:
