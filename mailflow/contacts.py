@@ -159,13 +159,6 @@ class Contacts:
         found.sort(key=lambda pm: (-len(pm[1]), pm[0].name.casefold(), pm[0].email.lower()))
         return found
 
-    def escalation_lists(self, service_key: str, threshold: timedelta) -> tuple[str, ...]:
-        """The lists a service escalates to at exactly this threshold; () when there are none."""
-        for at, names in self.service(service_key).escalate:
-            if at == threshold:
-                return names
-        return ()
-
 
 def empty_contacts() -> Contacts:
     """Contacts with nobody in them, for running without a contacts file."""
