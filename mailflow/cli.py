@@ -176,19 +176,57 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
+SYSTEM_CONFIG = Path("/etc/mailflow")
+SYSTEM_STATE = Path("/var/lib/mailflow")
+
+
+def example_config(state: Path | None) -> str:
+    """The example mailflow.toml; with `state`, its database and Maildir live there."""
+    text = EXAMPLE_TOML.format(secret=secrets.token_hex(24))
+    if state is None:
+        return text
+    lines = {'database = "mailflow.db"': f'database = "{state / "mailflow.db"}"',
+             '# maildir = "mail"': f'maildir = "{state / "mail"}"'}
+    out = []
+    for line in text.splitlines(keepends=True):
+        key = next((k for k in lines if line.startswith(k)), None)
+        out.append(lines.pop(key) + "\n" if key else line)
+    if lines:  # the example changed shape: fail loudly rather than write a wrong config
+        raise MailflowError(f"cannot place the state paths in the example config: {list(lines)}")
+    return "".join(out)
+
+
 @cli.command()
-@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=".",
-              help="Where to write the files (default: here).")
-def init(folder: Path) -> None:
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the files (default: here; /etc/mailflow with --system).")
+@click.option("--system", is_flag=True,
+              help="For the systemd unit: config in /etc/mailflow, database and Maildir in "
+                   "$STATE_DIRECTORY, else /var/lib/mailflow. Run it as the service's user.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the database and the Maildir in this folder (absolute paths).")
+def init(folder: Path | None, system: bool, state_dir: Path | None) -> None:
     """Write mailflow.toml and contacts.yaml; never overwrites an existing file.
 
     \b
     Example:
       mailflow init && mailflow contacts check
+      runuser -u mailflow -- /opt/mailflow/bin/mailflow init --system
     """
+    if system:
+        folder = folder or SYSTEM_CONFIG
+        state_dir = state_dir or Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+                                      or SYSTEM_STATE)
+    folder = folder or Path(".")
     folder.mkdir(parents=True, exist_ok=True)
+    if state_dir is not None:
+        state_dir = state_dir.absolute()
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            raise MailflowError(f"{state_dir}: not writable by you; run `mailflow init` as the "
+                                "user the service runs as (e.g. runuser -u mailflow -- …)")
     files = {
-        "mailflow.toml": EXAMPLE_TOML.format(secret=secrets.token_hex(24)),
+        "mailflow.toml": example_config(state_dir),
+        # A copy, never a link: `mailflow contacts add` edits this file, not the package.
         "contacts.yaml": (builtin_templates() / "contacts.yaml").read_text(encoding="utf-8"),
     }
     for name, text in files.items():
@@ -200,6 +238,8 @@ def init(folder: Path) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         click.echo(f"wrote {path}")
+    if state_dir is not None:
+        click.echo(f"database and Maildir: {state_dir}")
 
 
 @cli.command()
