@@ -455,24 +455,29 @@ def show(state: State, ref: str, as_json: bool) -> None:
 
 def show_lines(data: dict[str, Any], today: date) -> list[str]:
     """`mailflow show` for people: times to the minute (UTC), a date on any other day."""
+    def utc(iso: str | None) -> str:
+        return f"{when(iso, today)} UTC" if iso else ""
+
     subject = data["subject"]
     lines = [subject if data["ref"] in subject else f"{data['ref']}  {subject}"]
     fields = [("status", data["status"]), ("severity", data["severity"]),
               ("impact", data["impact"]), ("summary", data["summary"]),
               ("lead", data["lead"]), ("communicator", data["communicator"]),
               ("scribe", data["scribe"]),
-              ("declared", when(data["declared_at"], today)),
-              ("next communication", when(data["next_communication_at"], today)),
-              ("resolved", when(data["resolved_at"], today))]
+              ("declared", utc(data["declared_at"])),
+              ("next communication", utc(data["next_communication_at"])),
+              ("resolved", utc(data["resolved_at"]))]
     lines += [f"  {label:<19} {value}" for label, value in fields if value]
     lines.append("recipients:")
     for r in data["recipients"]:
         states = ", ".join(f"{m['kind']} {m['status']}" for m in r["messages"]) or "nothing yet"
         lines.append(f"  {r['email']:<32} {r['status']:<7} {states}")
     lines.append("timeline (UTC):")
-    for e in data["timeline"]:
+    times = [when(e["at"], today) for e in data["timeline"]]
+    width = max(map(len, times), default=5)
+    for e, at in zip(data["timeline"], times):
         who = f" [{e['author']}]" if e["author"] else ""
-        head = f"  {when(e['at'], today):>16} {e['kind']:<10}{who} "
+        head = f"  {at:>{width}} {e['kind']:<10}{who} "
         first, *rest = (e["text"] or "").splitlines() or [""]
         lines.append(head + first)
         # Later lines of a multi-line update stay under the entry, not in the time column.

@@ -50,7 +50,7 @@ def test_runtime_files_are_ignored_by_git(tmp_path: Path) -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     names = ["mailflow.toml", "contacts.yaml", "mailflow.db", "mailflow.db-wal",
-             "mailflow.db-shm", "mailflow.db.bak-3", "mail/new/1.eml", "state/mailflow.db"]
+             "mailflow.db-shm", "mailflow.db.bak-3", "mail/new/1.eml", "state/mailflow.db", "update.html"]
     found = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=ROOT,
                            capture_output=True, text=True, check=False)
     assert sorted(found.stdout.split()) == sorted(names), found

@@ -146,10 +146,11 @@ def test_show_is_written_for_people(project: Path, sink: Sink) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "[INC-1] ISC Learn Platform: outage", "the reference once"
     assert ".123456" not in result.stdout and ":00.5" not in result.stdout
-    assert "  declared            2026-11-24 10:00" in lines, "another day: with its date"
-    assert "  next communication  10:15" in lines, "today: the time alone"
+    assert "  declared            2026-11-24 10:00 UTC" in lines, "another day: with its date"
+    assert "  next communication  10:15 UTC" in lines, "today: the time alone"
     [i] = [n for n, line in enumerate(lines) if line.endswith("] First line")]
     assert lines[i].startswith("             09:15 update     [ana@example.org] ")
+    assert lines[i].index("09:15") == lines[i - 1].index("10:00"), "times line up"
     column = lines[i].index("First line")
     assert lines[i + 1] == " " * column + "second line"
     assert lines[i + 2] == ""
@@ -165,6 +166,10 @@ def test_show_names_the_reference_when_the_subject_lacks_it() -> None:
             "timeline": []}
     assert show_lines(data, click.DateTime().convert("2026-11-24", None, None).date())[:2] == [
         "INC-3  Learn is down", "  status              open"]
+    today = show_lines(dict(data, timeline=[{"at": "2026-11-24T10:00:00Z", "kind": "declared",
+                                             "author": "", "text": "x"}]),
+                       click.DateTime().convert("2026-11-24", None, None).date())
+    assert today[-1] == "  10:00 declared   x", "today only: no date column"
 
 
 def test_contacts_check_counts_in_words(project: Path) -> None:
