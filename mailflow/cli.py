@@ -87,6 +87,12 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def preparing(what: str) -> None:
+    """On a terminal, say what the next seconds are spent on (10,000 emails take ~15 s)."""
+    if on_terminal():
+        click.echo(f"preparing the {what}…", err=True)
+
+
 def deliver(app: Mailflow, now: Any, what: str = "", ids: Sequence[str] = (),
             incident: Incident | None = None, err: bool = False) -> Report:
     """Deliver what is queued and say what went where; any email not sent is an error.
@@ -273,6 +279,7 @@ def declare(state: State, service: str, severity: str, impact: str, summary: str
           --summary "Learn platform returns 502" --lead ana@example.org
     """
     app, now = state.app, clock.now()
+    preparing("start notification")
     incident = inc.declare(app, now, service=service, severity=severity, impact=impact,
                            summary=summary, impacted=impacted, eta=eta, started=started,
                            next_steps=next_steps, lead=lead, author=author)
@@ -352,6 +359,8 @@ def update(state: State, ref: str, text: str, severity: str | None, impact: str 
             inc.post_update(app, incident, text, author, now)
         if next_update:
             inc.set_next_update(app, incident, next_update, now, author)
+        if send:
+            preparing("update")
         msgs = inc.send_update(app, incident, now) if send else []
     if send:
         click.echo(f"next communication at {incident.next_comm_at:%H:%M} UTC")
@@ -375,6 +384,7 @@ def resolve(state: State, ref: str, steps: str, follow_up: str, author: str) -> 
     """
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
+    preparing("solved notification")
     solved = inc.resolve(app, incident, now, steps, author, follow_up=follow_up)
     lead = f"; the postmortem draft goes to {incident.lead}" if incident.lead else ""
     click.echo(f"{incident.ref} {incident.status}{lead}")
@@ -523,7 +533,8 @@ def preview(state: State, ref: str, kind: str, out: Path | None, as_text: bool) 
 
 @cli.command()
 @click.option("--host", default=None, help="Override [inbound] host.")
-@click.option("--port", type=int, default=None, help="Override [inbound] port (0: any free).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Override [inbound] port (0: any free).")
 @click.option("--tick", "tick_seconds", type=click.FloatRange(0.1, 3600), default=5.0,
               show_default=True,
               help="Seconds between scheduler ticks.")

@@ -165,6 +165,8 @@ def show(ctx: click.Context, email: str, as_json: bool) -> None:
     Example:
       mailflow contacts show ana@example.org --json
     """
+    if not _address(email):
+        raise InvalidInput("give an email address, e.g. mailflow contacts show ana@example.org")
     path = _contacts_path(ctx)
     book = load_contacts(path)
     person = book.person(email)

@@ -101,6 +101,7 @@ def test_no_progress_bar_when_not_on_a_terminal(tmp_path: Path) -> None:
     result = run(tmp_path, *DECLARE, "--lead", "ana@example.org")
     assert result.exit_code == 0, result.output
     assert "sending" not in result.stderr and "%" not in result.stderr
+    assert "preparing" not in result.stderr
     assert result.stderr.splitlines()[-1] == "start notification sent to 81 of 81"
 
 
@@ -131,6 +132,7 @@ def test_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert proc.returncode == 0, seen
     assert stdout == b"INC-1\n"
     text = seen.decode()
+    assert "preparing the start notification…" in text
     assert "sending 81 emails" in text and "100%" in text, text
 
 
@@ -253,7 +255,11 @@ def test_bad_values_get_one_line_and_exit_1(project: Path, sink: Sink) -> None:
         (["update", "INC-1", "--next-update", "soon"], "is not a duration"),
         (["show", "INC-99999999999999999999"], "no incident 'INC-99999999999999999999'"),
         (["update", "99999999999999999999999", "--text", "x"], "no incident"),
+        (["update", "INC-1", "--next-update", "99999999999999999999d"], "is far too long"),
+        (["update", "INC-1", "--severity", "P7"], "use one of P0, P1, P2, P3"),
         (["serve", "--tick", "0"], "Invalid value for '--tick'"),
+        (["serve", "--port", "99999"], "Invalid value for '--port'"),
+        (["contacts", "show", ""], "give an email address"),
     ]:
         result = run(project, *args)
         assert result.exit_code in (1, 2), (args, result.output)
