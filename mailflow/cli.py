@@ -7,9 +7,9 @@ import os
 import re
 import secrets
 import sys
-from pathlib import Path
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,9 +18,9 @@ import peewee
 from . import clock
 from . import incidents as inc
 from .app import Mailflow
+from .clock import parse_duration
 from .config import EXAMPLE_TOML, find_config, load_config
 from .contacts_cli import HelpGroup, contacts
-from .clock import parse_duration
 from .errors import InvalidInput, MailflowError
 from .models import Incident, OutMessage
 from .outbox import Report
@@ -140,7 +140,7 @@ def deliver(app: Mailflow, now: Any, what: str = "", ids: Sequence[str] = (),
 
 def check_next_update(value: str) -> None:
     """Refuse a --next-update that is no time of day (25:00) or beyond any sensible mark."""
-    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})(?:\s*utc)?\s*", value, re.I)
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})(?:\s*utc)?\s*", value, re.IGNORECASE)
     if m:
         if int(m.group(1)) > 23 or int(m.group(2)) > 59:
             raise InvalidInput(f"--next-update {value!r} is not a time of day: write HH:MM "
@@ -159,7 +159,7 @@ def when(iso: str | None, today: date) -> str:
     """An ISO time for people: `14:05` today, `2026-11-23 14:05` on any other day."""
     if not iso:
         return ""
-    at = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    at = datetime.fromisoformat(iso)
     return f"{at:%H:%M}" if at.date() == today else f"{at:%Y-%m-%d %H:%M}"
 
 

@@ -136,7 +136,7 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     assert script.exists()
     text = UNIT.read_text()
     copy = tmp_path / "mailflow.service"
-    copy.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={script}", text, flags=re.M))
+    copy.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={script}", text, flags=re.MULTILINE))
     verified = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True,
                               check=False)
     assert verified.returncode == 0, verified.stderr
