@@ -38,7 +38,8 @@ def check_severity(value: str) -> str:
     """Normalise "p1" to "P1"; anything else outside P0–P3 is refused."""
     sev = str(value).strip().upper()
     if sev not in SEVERITIES:
-        raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} (P0 critical … P3 low)")
+        raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} "
+                           "(P0 critical … P3 low)")
     return sev
 
 
