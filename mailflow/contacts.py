@@ -613,9 +613,12 @@ def _explain_yaml(exc: MarkedYAMLError, text: str) -> str:
     if problem.startswith("expected <block end>") and exc.context_mark is not None:
         # A line that starts further left or right than the block it belongs to.
         block = exc.context_mark
+        above = next((ln for ln in reversed(lines[:mark.line])
+                      if ln.strip() and not ln.lstrip().startswith("#")), "")
         return (f"indentation: this line is indented by {_spaces(indent)}, which does not line "
-                f"up with the block that starts at line {block.line + 1} (indented by "
-                f"{_spaces(block.column)}); indent it exactly like the entries it belongs with")
+                f"up with the line above ({_spaces(len(above) - len(above.lstrip(' ')))}) nor "
+                f"with the block that starts at line {block.line + 1} "
+                f"({_spaces(block.column)}); indent it exactly like the entries it belongs with")
     if problem.startswith("mapping values are not allowed"):
         return ("a `key:` cannot start here: this line is indented more than the line above, "
                 "which already has a value (line it up with its neighbours), or a value "

@@ -190,7 +190,8 @@ def test_contacts_check_explains_an_indentation_error(project: Path) -> None:
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"{project / 'contacts.yaml'}:4: YAML syntax error: indentation: "
                            "this line is indented by 3 spaces, which does not line up with "
-                           "the block that starts at line 2"), line
+                           "the line above (4 spaces) nor with the block that starts at line 2 "
+                           "(2 spaces)"), line
 
 
 def test_experts_suggests_the_close_tag(project: Path) -> None:
