@@ -26,7 +26,7 @@ from mailflow.contacts import (
 )
 from mailflow.errors import ContactsError, NotFound
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "contacts.yaml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "templates" / "contacts.yaml"
 
 # Comments, blank lines, odd spacing, quotes, block and flow lists: everything an edit
 # must leave alone.
