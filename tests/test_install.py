@@ -46,10 +46,17 @@ def test_the_checkout_has_no_link_into_templates() -> None:
             assert ROOT / "templates" not in Path(os.path.realpath(path)).parents, path
 
 
+def test_the_top_level_example_is_a_plain_copy_of_the_shipped_one() -> None:
+    """contacts.yaml at the top of the checkout is the example, as a file of its own."""
+    top = ROOT / "contacts.yaml"
+    assert top.is_file() and not top.is_symlink()
+    assert top.read_bytes() == (ROOT / "templates" / "contacts.yaml").read_bytes()
+
+
 def test_runtime_files_are_ignored_by_git(tmp_path: Path) -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    names = ["mailflow.toml", "contacts.yaml", "mailflow.db", "mailflow.db-wal",
+    names = ["mailflow.toml", "mailflow.db", "mailflow.db-wal",
              "mailflow.db-shm", "mailflow.db.bak-3", "mail/new/1.eml", "state/mailflow.db", "update.html"]
     found = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=ROOT,
                            capture_output=True, text=True, check=False)
