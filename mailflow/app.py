@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from .addresses import rules_of
 from .config import Config, load_config
 from .contacts import Contacts, empty_contacts, load_contacts
 from .models import Incident, open_database
@@ -26,7 +27,8 @@ class Mailflow:
         self.config = config
         self.db = open_database(config.database)
         if contacts is None:
-            contacts = load_contacts(config.contacts) if config.contacts.exists() else empty_contacts()
+            contacts = load_contacts(config.contacts, rules_of(config)) \
+                if config.contacts.exists() else empty_contacts()
         self.contacts = contacts
         self.renderer = Renderer(config.templates)
         self.outbox = Outbox(self.db, config.outbound.retry_for)
@@ -44,7 +46,7 @@ class Mailflow:
         if config.path is not None:
             config = replace(load_config(config.path), database=self.config.database,
                              inbound=self.config.inbound)
-        contacts = load_contacts(config.contacts)
+        contacts = load_contacts(config.contacts, rules_of(config))
         renderer = Renderer(config.templates)
         renderer.check()
         self.config, self.contacts, self.renderer = config, contacts, renderer

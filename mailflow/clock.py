@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 from .errors import InvalidInput
@@ -68,3 +69,8 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def monotonic() -> float:
+    """Seconds on a clock that never jumps: for time budgets and rate limits, not due times."""
+    return time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.headerregistry import Address
@@ -30,6 +31,7 @@ secret = "{secret}"   # signs reply tokens; keep it private
 # previous_secret = "..."
 # previous_secret_until = 2026-12-31T00:00:00Z
 # maildir = "mail"               # where mail goes while [outbound] has no host
+# allow_local_domains = false    # true: addresses at dotless domains (ana@localhost), for tests
 
 [outbound]
 # host = "smtp.example.org"      # unset: emails are written to the Maildir instead
@@ -40,6 +42,7 @@ starttls = true
 concurrency = 1                  # parallel SMTP connections
 retry_for = "1d"                 # give up on a temporarily failing email after this long
 # cafile = "relay-ca.pem"        # the relay's private CA (default: the system's CAs)
+# smtputf8 = false               # true: the relay takes non-ASCII addresses
 
 [inbound]
 host = "127.0.0.1"               # replies come in here; keep it on loopback behind your MTA
@@ -48,6 +51,12 @@ max_size = 10485760              # bytes; bigger replies get 552
 # tls_cert = "cert.pem"          # with tls_key: STARTTLS is offered
 # tls_key = "key.pem"
 # require_tls = false            # true: no mail before STARTTLS
+process_timeout = 2              # seconds to parse a message and reach the database, else 451
+max_connections = 100            # more clients at once are answered 421
+max_pending_bytes = 104857600    # bytes of DATA being received, all clients together
+idle_timeout = 60                # seconds of client silence before disconnecting
+max_parts = 1000                 # MIME parts in one message; more get 552
+max_recipients = 50              # RCPT TO per message; more get 452
 # username = "mta"               # with password: senders must AUTH (over TLS)
 # password = "..."
 
@@ -72,6 +81,7 @@ class Outbound:
     timeout: float = 30.0
     retry_for: timedelta = timedelta(days=1)
     cafile: Path | None = None  # a private CA for the relay's certificate; default: the system's
+    smtputf8: bool = False  # the relay takes non-ASCII addresses (RFC 6531)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,13 @@ class Inbound:
     require_tls: bool = False  # refuse mail before STARTTLS
     username: str = ""  # with password: AUTH (over TLS) is required
     password: str = ""
+    # Limits that keep one sender from stalling or exhausting the daemon.
+    process_timeout: float = 2.0  # seconds to parse a message and get the database, else 451
+    max_connections: int = 100  # more at once are answered 421
+    max_pending_bytes: int = 100 * 1024 * 1024  # DATA being received, all connections together
+    idle_timeout: float = 60.0  # seconds a client may stay silent before it is disconnected
+    max_parts: int = 1000  # MIME parts (nested multiparts included) in one message, else 552
+    max_recipients: int = 50  # RCPT TO per message, else 452
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,7 @@ class Config:
     outbound: Outbound = field(default_factory=Outbound)
     inbound: Inbound = field(default_factory=Inbound)
     cadence: Cadence = field(default_factory=Cadence)
+    allow_local_domains: bool = False  # addresses at dotless domains (ana@localhost): local tests
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -141,11 +159,36 @@ class Config:
 
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
-        "outbound", "inbound", "cadence"}
+        "outbound", "inbound", "cadence", "allow_local_domains"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
-        "cafile"}
-_IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password"}
+        "cafile", "smtputf8"}
+_IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
+       "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout", "max_parts",
+       "max_recipients"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
+
+
+def _inbound_limits(inb: dict[str, Any], max_size: int,
+                    fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
+    """[inbound]'s abuse limits, each checked against a sensible range."""
+    defaults = Inbound()
+    ranges: dict[str, tuple[float, float]] = {
+        "process_timeout": (0.1, 600), "max_connections": (1, 100_000),
+        "max_pending_bytes": (max_size, 2**40), "idle_timeout": (1, 3600),
+        "max_parts": (10, 1_000_000), "max_recipients": (1, 1000)}
+    limits: dict[str, Any] = {}
+    for key, (low, high) in ranges.items():
+        default = getattr(defaults, key)
+        value = inb.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(default, int) and not isinstance(value, int)):
+            kind = "a whole number" if isinstance(default, int) else "a number of seconds"
+            raise fail(f"inbound.{key}", f"must be {kind}, got {value!r}")
+        if not low <= value <= high:
+            raise fail(f"inbound.{key}", f"{value} is out of range: use {low:g} to {high:g}"
+                       + (" (at least inbound.max_size)" if key == "max_pending_bytes" else ""))
+        limits[key] = float(value) if isinstance(default, float) else value
+    return limits
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -254,6 +297,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     max_size = get(inb, "max_size", int, 10 * 1024 * 1024, "inbound.")
     if max_size < 1024:
         raise fail("inbound.max_size", "must be at least 1024 bytes")
+    limits = _inbound_limits(inb, max_size, fail)
     templates = data.get("templates")
     # The secret is all that stands between a stranger and a valid reply token.
     if "secret" not in data:
@@ -329,6 +373,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             timeout=float(get(out, "timeout", (int, float), 30, "outbound.")),
             retry_for=duration(out.get("retry_for", "1d"), "outbound.retry_for"),
             cafile=cafile,
+            smtputf8=get(out, "smtputf8", bool, False, "outbound."),
         ),
         inbound=Inbound(
             host=get(inb, "host", str, "127.0.0.1", "inbound."),
@@ -339,6 +384,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             require_tls=get(inb, "require_tls", bool, False, "inbound."),
             username=get(inb, "username", str, "", "inbound."),
             password=get(inb, "password", str, "", "inbound."),
+            **limits,
         ),
         cadence=Cadence(
             update_every=update_every,
@@ -346,4 +392,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             escalate=escalate,
             handover_after=duration(cad.get("handover_after", "7h"), "cadence.handover_after"),
         ),
+        allow_local_domains=get(data, "allow_local_domains", bool, False),
     )

@@ -11,7 +11,6 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +22,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from . import clock
+from .addresses import STRICT, Rules, is_valid, normalise, problem
 from .errors import ContactsError, InvalidInput, NotFound
 
 __all__ = [
@@ -36,8 +36,6 @@ __all__ = [
     "parse_contacts",
 ]
 
-_FORBIDDEN = r"@\s<>,;\"\x00-\x1f\x7f"
-_ADDRESS = re.compile(rf"[^{_FORBIDDEN}]+@[^{_FORBIDDEN}.]+(?:\.[^{_FORBIDDEN}.]+)+")
 
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
@@ -53,9 +51,15 @@ _PERSON_KEYS = ("name", "email", "expertise", "timezone")
 _SERVICE_KEYS = ("title", "notify", "escalate", "expertise", "oncall")
 
 
-def is_address(text: str) -> bool:
-    """True for a plain, well-formed email address (one @, a dotted domain, no spaces or <>)."""
-    return bool(_ADDRESS.fullmatch(text))
+def is_address(text: str, rules: Rules = STRICT) -> bool:
+    """True for a plain address that delivery accepts (see mailflow.addresses)."""
+    return is_valid(text, rules)
+
+
+def _invalid(text: str, rules: Rules) -> str:
+    """`'x' is not a valid email address: why (write e.g. ana@example.org)`."""
+    why = problem(text, rules) or "write it as name@example.org"
+    return f"{text!r} is not a valid email address: {why} (write e.g. ana@example.org)"
 
 
 @dataclass(frozen=True)
@@ -165,13 +169,14 @@ def empty_contacts() -> Contacts:
     return Contacts(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
 
 
-def load_contacts(path: Path | str) -> Contacts:
+def load_contacts(path: Path | str, rules: Rules = STRICT) -> Contacts:
     """Read and validate a contacts file; any problem is a ContactsError naming the file."""
     path = Path(path)
-    return parse_contacts(_read_text(path), path)
+    return parse_contacts(_read_text(path), path, rules)
 
 
-def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
+def parse_contacts(text: str, path: Path | str = "contacts.yaml",
+                   rules: Rules = STRICT) -> Contacts:
     """Validate contacts.yaml text; every problem is reported as `file:line: reason`."""
     where = str(path)
     root = _compose(text, where)
@@ -184,7 +189,7 @@ def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
             f"{where}:{_line(root)}: the top level must be a mapping with "
             "`people:`, `lists:` and `services:`"
         )
-    check = _Checker(where)
+    check = _Checker(where, rules)
     sections = check.entries(root)
     for key, (key_node, _) in sections.items():
         if key not in _TOP_KEYS:
@@ -209,8 +214,9 @@ def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
 class _Checker:
     """Collects `file:line: reason` problems so one run reports all of them."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, rules: Rules = STRICT) -> None:
         self.where = where
+        self.rules = rules  # what delivery accepts: an address it refuses is refused here
         self.errors: list[tuple[int, str]] = []
 
     def error(self, at: Node | int, reason: str) -> None:
@@ -337,8 +343,8 @@ def _person_email(
     email = check.text(key_node, node, "email")
     if email is None:
         return None
-    if not is_address(email):
-        check.error(node, f"{email!r} is not a valid email address (write e.g. ana@example.org)")
+    if not is_address(email, check.rules):
+        check.error(node, _invalid(email, check.rules))
         return None
     return email
 
@@ -401,12 +407,8 @@ def _parse_lists(
                     item, f"list {name!r}: each entry must be an address, not {_kind(item)}"
                 )
                 ok = False
-            elif not is_address(item.value):
-                check.error(
-                    item,
-                    f"list {name!r}: {item.value!r} is not a valid email address "
-                    "(write e.g. ana@example.org)",
-                )
+            elif not is_address(item.value, check.rules):
+                check.error(item, f"list {name!r}: {_invalid(item.value, check.rules)}")
                 ok = False
             else:
                 members.append(str(item.value))
@@ -559,9 +561,8 @@ def _kind(node: Node) -> str:
 
 
 def _bare_address(text: str) -> str:
-    """Lowercased address from "addr" or "Name <addr>"."""
-    _, address = parseaddr(text)
-    return (address or text).strip().lower()
+    """Lowercased address from "addr" or "Name <addr>" (the text itself if none: a lookup key)."""
+    return normalise(text) or str(text).strip().lower()
 
 
 def _compose(text: str, where: str) -> Node | None:
@@ -655,10 +656,11 @@ _Edit = tuple[int, int, str]
 class ContactsFile:
     """contacts.yaml opened for editing; everything outside the edited entries stays as is."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, rules: Rules = STRICT) -> None:
         self.path = Path(path)
+        self.rules = rules
         self._original = _read_text(self.path)
-        parse_contacts(self._original, self.path)  # edits rely on a valid structure
+        parse_contacts(self._original, self.path, rules)  # edits rely on a valid structure
         self._text = self._original
         self._newline = "\r\n" if "\r\n" in self._original else "\n"
 
@@ -760,7 +762,7 @@ class ContactsFile:
 
     def save(self) -> Contacts:
         """Validate the edited text, then replace the file atomically; returns the new contacts."""
-        contacts = parse_contacts(self._text, self.path)
+        contacts = parse_contacts(self._text, self.path, self.rules)
         if self._text == self._original:
             return contacts
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import difflib
 import json
 from datetime import timedelta
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from .addresses import Rules, normalise, problem, rules_of
 from .config import find_config, load_config
 from .contacts import (
     Contacts,
@@ -52,9 +52,15 @@ def _contacts_path(ctx: click.Context) -> Path:
     return load_config(Path(config_path)).contacts
 
 
+def _rules(ctx: click.Context) -> Rules:
+    """The address rules of the configuration (`allow_local_domains`, `[outbound] smtputf8`)."""
+    config_path = getattr(ctx.obj, "config_path", None) or find_config(None)
+    return rules_of(load_config(Path(config_path)))
+
+
 def _address(text: str) -> str:
     """Lowercased bare address from "addr" or "Name <addr>"."""
-    return (parseaddr(text)[1] or text).strip().lower()
+    return normalise(text) or text.strip().lower()
 
 
 def _threshold(delta: timedelta) -> str:
@@ -228,9 +234,10 @@ def add(ctx: click.Context, name: str, email: str, expertise: tuple[str, ...],
     name, email = name.strip(), email.strip()
     if not name:
         raise InvalidInput("--name is empty; give the person's full name, e.g. --name \"Ana Lima\"")
-    if not is_address(email):
-        raise InvalidInput(f"--email: {email!r} is not a valid email address "
-                           "(write e.g. ana@example.org)")
+    rules = _rules(ctx)
+    if not is_address(email, rules):
+        raise InvalidInput(f"--email: {email!r} is not a valid email address: "
+                           f"{problem(email, rules) or 'write e.g. ana@example.org'}")
     if timezone is not None:
         timezone = timezone.strip()
         try:
@@ -239,7 +246,7 @@ def add(ctx: click.Context, name: str, email: str, expertise: tuple[str, ...],
             raise InvalidInput(f"--timezone: unknown time zone {timezone!r}; use an IANA name "
                                "such as Europe/Zurich or UTC") from None
     path = _contacts_path(ctx)
-    editor = ContactsFile(path)
+    editor = ContactsFile(path, rules)
     wanted = _split(lists)
     editor.add_person(name, email, _split(expertise), timezone or None, wanted)
     book = editor.save()
@@ -324,7 +331,7 @@ def check(ctx: click.Context) -> None:
     """
     path = _contacts_path(ctx)
     try:
-        book = load_contacts(path)
+        book = load_contacts(path, _rules(ctx))
     except ContactsError as exc:
         for line in str(exc).splitlines():
             click.echo(line, err=True)

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import addresses
+from .addresses import STRICT, Rules, rules_of
 from .clock import parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
-from .render import Envelope, Personal, bare_address, one_line
+from .render import Envelope, Personal, one_line
 from .tokens import reply_address
 
 if TYPE_CHECKING:
@@ -51,12 +53,9 @@ def check_impact(value: str) -> str:
     return impact
 
 
-def check_address(value: str, what: str = "address") -> str:
-    """A bare, lowercased address, or InvalidInput."""
-    addr = bare_address(value)
-    if not addr or any(c in value for c in "\r\n"):
-        raise InvalidInput(f"{what} {value!r} is not an email address")
-    return addr
+def check_address(value: str, what: str = "address", rules: Rules = STRICT) -> str:
+    """A bare, lowercased address that delivery accepts, or InvalidInput saying why."""
+    return addresses.check(value, what, rules)
 
 
 def get_incident(ref: str | int) -> Incident:
@@ -203,7 +202,7 @@ class IncidentView:
 def add_recipient(app: Mailflow, incident: Incident, address: str, reason: str,
                   now: datetime) -> Recipient:
     """Add someone to the incident's emails (idempotent: the first reason is kept)."""
-    email = check_address(address)
+    email = check_address(address, rules=rules_of(app.config))
     existing = Recipient.get_or_none((Recipient.incident == incident) & (Recipient.email == email))
     if existing is not None:
         if existing.status != "active" and reason:
@@ -376,8 +375,9 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
     summary = summary.strip()
     if not summary:
         raise InvalidInput("summary: say in one line what is broken")
-    impacted = [check_address(a, "impacted address") for a in impacted if a.strip()]
-    lead = check_address(lead, "lead") if lead else default_lead(svc)
+    rules = rules_of(app.config)
+    impacted = [check_address(a, "impacted address", rules) for a in impacted if a.strip()]
+    lead = check_address(lead, "lead", rules) if lead else default_lead(svc)
     app.contacts.expand(svc.notify)  # an unknown list fails here, before anything is written
     with app.db.atomic():
         incident = Incident.create(
@@ -617,7 +617,7 @@ def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
             raise InvalidInput(f"unknown role {role!r}: use lead, communicator or scribe")
         if value is None:
             continue
-        addr = check_address(value, role)
+        addr = check_address(value, role, rules_of(app.config))
         old = getattr(incident, role)
         if old == addr:
             continue
@@ -637,7 +637,7 @@ def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
 def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
                  author: str) -> Recipient:
     """seeds/000: "add people to the email when there is one" — from the next email on."""
-    addr = check_address(address, "impacted address")
+    addr = check_address(address, "impacted address", rules_of(app.config))
     if addr not in incident.impacted:
         incident.impacted = [*incident.impacted, addr]
         incident.save()

@@ -14,10 +14,9 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +25,7 @@ import jinja2
 from jinja2 import meta
 from markupsafe import Markup, escape
 
+from .addresses import normalise as bare_address  # noqa: F401 (imported from here)
 from .clock import as_utc, format_duration
 from .errors import TemplateError
 
@@ -366,15 +366,3 @@ def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends: 7-bit safe through any relay."""
     data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
     return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
-
-
-def bare_address(value: str) -> str:
-    """"Ana <ana@x.org>" -> "ana@x.org" (lowercased); "" if not an address."""
-    addr = parseaddr(value)[1].strip().lower()
-    if "@" not in addr:
-        return ""
-    try:
-        Address(addr_spec=addr)
-    except (ValueError, IndexError):
-        return ""
-    return addr

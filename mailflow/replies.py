@@ -24,6 +24,7 @@ from itertools import islice
 import mailparser
 from mailparser_reply import EmailMessage
 
+from .addresses import normalise
 from .clock import parse_duration
 from .errors import InvalidInput
 
@@ -188,9 +189,6 @@ def _header(msg: Message | None, name: str) -> str:
     return values[0] if values else ""
 
 
-_ADDRESS = re.compile(
-    r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+@[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+$"
-)
 _ANGLE_ADDRESS = re.compile(r"<\s*([^<>\s@]{1,64}@[^<>\s@]{1,255})\s*>")
 _ADDRESS_LEFT = re.compile(r"[^<>\s\"',;:@()]{1,64}$")
 _ADDRESS_RIGHT = re.compile(r"[^<>\s\"',;:@()]{1,255}")
@@ -213,10 +211,7 @@ def _address_in_text(raw: str) -> tuple[str, int] | None:
 
 def _bare_address(value: str) -> str:
     """A lowercased bare address, or "" when `value` is not one."""
-    value = value.strip().strip("<>").strip().lower()
-    if value.startswith("mailto:"):
-        value = value[len("mailto:") :]
-    return value if _ADDRESS.match(value) and len(value) <= 320 else ""
+    return normalise(value)
 
 
 _QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import incidents as inc
 from .clock import format_duration, parse_duration
-from .errors import MailflowError
+from .errors import InvalidInput, MailflowError
 from .models import Due, Incident
 
 if TYPE_CHECKING:
@@ -111,7 +111,14 @@ def _escalate(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
         if at <= threshold:
             lists = names
     reason = f"as escalation after {format_duration(threshold)} of {incident.ref}"
-    to = [inc.add_recipient(app, incident, a, reason, now) for a in app.contacts.expand(lists)]
+    to = []
+    for address in app.contacts.expand(lists):
+        try:
+            to.append(inc.add_recipient(app, incident, address, reason, now))
+        except InvalidInput as exc:
+            # One address delivery refuses must not hold back the others on the list (nor
+            # make the escalation fail and retry forever): skip it, and say so.
+            inc.log(incident, now, "warning", f"not escalated to {address}: {exc}", "mailflow")
     to += inc.lead_recipients(app, incident, now)
     to = list({r.id: r for r in to}.values())
     tags = svc.expertise if svc else ()
