@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from .addresses import rules_of
 from .config import Config, load_config
@@ -74,9 +75,15 @@ class Mailflow:
         return [make_transport(self.config.outbound, self.config.maildir) for _ in range(n)]
 
     async def deliver(self, now: datetime, clock: Callable[[], datetime] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> Report:
-        """Send everything in the outbox that is due at `now` (see Outbox.deliver)."""
+                      should_stop: Callable[[], bool] | None = None,
+                      on_attempt: Callable[[], None] | None = None) -> Report:
+        """Send everything in the outbox that is due at `now` (see Outbox.deliver).
+
+        `on_attempt` is called after each message handed to a transport (a progress bar).
+        """
         transports = self.transports()
+        if on_attempt is not None:
+            transports = [Counted(t, on_attempt) for t in transports]
         try:
             return await self.outbox.deliver(transports[0], now, len(transports), transports[1:],
                                              clock=clock, should_stop=should_stop)
@@ -84,11 +91,29 @@ class Mailflow:
             for t in transports:
                 await t.close()
 
-    def deliver_now(self, now: datetime) -> Report:
+    def deliver_now(self, now: datetime, on_attempt: Callable[[], None] | None = None) -> Report:
         """Synchronous wrapper for the CLI."""
-        return asyncio.run(self.deliver(now))
+        return asyncio.run(self.deliver(now, on_attempt=on_attempt))
 
     def close(self) -> None:
         """Close the database."""
         self.outbox.close()
         self.db.close()
+
+
+class Counted:
+    """A transport that calls `on_attempt` after every message it tried to send."""
+
+    def __init__(self, inner: Transport, on_attempt: Callable[[], None]) -> None:
+        self.inner, self.on_attempt = inner, on_attempt
+
+    async def send(self, envelope_from: str, recipient: str, raw: bytes, **kwargs: Any) -> None:
+        """Send through the wrapped transport, then count the attempt (sent or not)."""
+        try:
+            await self.inner.send(envelope_from, recipient, raw, **kwargs)
+        finally:
+            self.on_attempt()
+
+    async def close(self) -> None:
+        """Close the wrapped transport."""
+        await self.inner.close()

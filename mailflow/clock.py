@@ -45,7 +45,10 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
         pos = m.end()
     if not s or pos != len(s) or total <= 0:
         raise InvalidInput(f"{what}: {text!r} is not a duration; write e.g. 30m, 1h, 1h30m, 1d")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:  # more days than a timedelta holds: a typo, never a real wait
+        raise InvalidInput(f"{what}: {text!r} is far too long; write e.g. 30m, 1h, 1d") from None
 
 
 def format_duration(delta: timedelta) -> str:

@@ -163,13 +163,6 @@ class Contacts:
         found.sort(key=lambda pm: (-len(pm[1]), pm[0].name.casefold(), pm[0].email.lower()))
         return found
 
-    def escalation_lists(self, service_key: str, threshold: timedelta) -> tuple[str, ...]:
-        """The lists a service escalates to at exactly this threshold; () when there are none."""
-        for at, names in self.service(service_key).escalate:
-            if at == threshold:
-                return names
-        return ()
-
 
 def empty_contacts() -> Contacts:
     """Contacts with nobody in them, for running without a contacts file."""
@@ -584,6 +577,10 @@ def _compose(text: str, where: str) -> Node | None:
         reason = exc.problem or exc.context or "invalid YAML"
         if exc.problem and exc.context and exc.context_mark is not None:
             reason += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        words = _explain_yaml(exc, text)
+        if words:
+            raise ContactsError(f"{where}:{line}: YAML syntax error: {words} "
+                                f"(the parser says: {reason})") from None
         raise ContactsError(f"{where}:{line}: YAML syntax error: {reason}") from None
     except ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
@@ -593,6 +590,40 @@ def _compose(text: str, where: str) -> Node | None:
         ) from None
     except YAMLError as exc:
         raise ContactsError(f"{where}:1: YAML error: {exc}") from None
+
+
+def _spaces(count: int) -> str:
+    return f"{count} space{'' if count == 1 else 's'}"
+
+
+def _explain_yaml(exc: MarkedYAMLError, text: str) -> str:
+    """The parser's complaint in words, for the mistakes people make by hand; "" if unknown."""
+    problem, mark = exc.problem or "", exc.problem_mark
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    here = lines[mark.line] if mark.line < len(lines) else ""
+    indent = len(here) - len(here.lstrip(" "))
+    if problem.startswith("expected <block end>") and exc.context_mark is not None:
+        # A line that starts further left or right than the block it belongs to.
+        block = exc.context_mark
+        above = next((ln for ln in reversed(lines[:mark.line])
+                      if ln.strip() and not ln.lstrip().startswith("#")), "")
+        return (f"indentation: this line is indented by {_spaces(indent)}, which does not line "
+                f"up with the line above ({_spaces(len(above) - len(above.lstrip(' ')))}) nor "
+                f"with the block that starts at line {block.line + 1} "
+                f"({_spaces(block.column)}); indent it exactly like the entries it belongs with")
+    if problem.startswith("mapping values are not allowed"):
+        return ("a `key:` cannot start here: this line is indented more than the line above, "
+                "which already has a value (line it up with its neighbours), or a value "
+                "contains ': ' (put that value in quotes)")
+    for closer, what in (("]", "list"), ("}", "mapping")):
+        if problem.startswith(f"expected ',' or '{closer}'") and exc.context_mark is not None:
+            return (f"the {what} opened at line {exc.context_mark.line + 1} is not closed with "
+                    f"`{closer}`, or two of its items lack a comma between them")
+    if "'\\t'" in problem or "\t" in problem:
+        return "a tab character: YAML indents with spaces only; replace the tab with spaces"
+    return ""
 
 
 def _read_text(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -23,10 +24,24 @@ from .contacts import (
 )
 from .errors import ContactsError, InvalidInput, NotFound
 
-__all__ = ["contacts"]
+__all__ = ["HelpGroup", "contacts"]
 
 # MailflowError raised here is not converted locally: this group is invoked from inside
 # `cli`'s Group.invoke, which turns it into `Error: …` and exit code 1 (nested groups too).
+
+class HelpGroup(click.Group):
+    """A group whose command list shows each summary whole (wrapped), never cut with "..."."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -85,12 +100,17 @@ def _service_data(service: Service) -> dict[str, Any]:
             "expertise": list(service.expertise)}
 
 
+def plural(count: int, one: str, many: str = "") -> str:
+    """`1 service`, `2 services`, `0 people`."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 def _describe_person(person: Person) -> str:
     """`Name <email>`."""
     return f"{person.name} <{person.email}>"
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def contacts() -> None:
     """Look at, edit and check contacts.yaml (the file the configuration names).
 
@@ -151,6 +171,8 @@ def show(ctx: click.Context, email: str, as_json: bool) -> None:
     Example:
       mailflow contacts show ana@example.org --json
     """
+    if not _address(email):
+        raise InvalidInput("give an email address, e.g. mailflow contacts show ana@example.org")
     path = _contacts_path(ctx)
     book = load_contacts(path)
     person = book.person(email)
@@ -283,8 +305,12 @@ def experts(ctx: click.Context, tags: tuple[str, ...], as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     if not found:
-        click.echo(f"nobody has expertise in {', '.join(wanted)}; "
-                   "`mailflow contacts list` shows everyone's tags")
+        known = sorted({t for p in book.people.values() for t in p.expertise}, key=str.casefold)
+        close = [m for tag in wanted
+                 for m in difflib.get_close_matches(tag.casefold(), known, n=3, cutoff=0.6)]
+        hint = (f"did you mean {', '.join(dict.fromkeys(close))}?" if close
+                else "`mailflow contacts list` shows everyone's tags")
+        click.echo(f"nobody has expertise in {', '.join(wanted)}; {hint}")
         return
     for person, matched in found:
         click.echo(f"{_describe_person(person)}: {', '.join(matched)} "
@@ -310,5 +336,5 @@ def check(ctx: click.Context) -> None:
         for line in str(exc).splitlines():
             click.echo(line, err=True)
         ctx.exit(1)
-    click.echo(f"ok: {len(book.people)} people, {len(book.lists)} lists, "
-               f"{len(book.services)} services")
+    click.echo(f"ok: {plural(len(book.people), 'person', 'people')}, "
+               f"{plural(len(book.lists), 'list')}, {plural(len(book.services), 'service')}")

@@ -21,6 +21,7 @@ from .tokens import reply_address
 
 if TYPE_CHECKING:
     from .app import Mailflow
+    from .contacts import Service
 
 IMPACTS = {"outage": "complete downtime", "degraded": "degraded"}
 _IMPACT_ALIASES = {"outage": "outage", "downtime": "outage", "complete downtime": "outage",
@@ -39,7 +40,8 @@ def check_severity(value: str) -> str:
     """Normalise "p1" to "P1"; anything else outside P0–P3 is refused."""
     sev = str(value).strip().upper()
     if sev not in SEVERITIES:
-        raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} (seeds/002)")
+        raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} "
+                           "(P0 critical … P3 low)")
     return sev
 
 
@@ -59,7 +61,9 @@ def check_address(value: str, what: str = "address", rules: Rules = STRICT) -> s
 def get_incident(ref: str | int) -> Incident:
     """Find an incident by `INC-42`, `inc-42` or `42`."""
     m = re.fullmatch(r"(?:inc-?)?(\d+)", str(ref).strip(), re.I)
-    incident = Incident.get_or_none(Incident.id == int(m.group(1))) if m else None
+    # More than 18 digits cannot be an SQLite row id (it would overflow the query).
+    ok = m is not None and len(m.group(1).lstrip("0")) <= 18
+    incident = Incident.get_or_none(Incident.id == int(m.group(1))) if m and ok else None
     if incident is None:
         raise NotFound(f"no incident {ref!r}; `mailflow list` shows the incidents")
     return incident
@@ -351,6 +355,16 @@ def schedule_handover(app: Mailflow, incident: Incident, now: datetime) -> None:
 
 # --- the lifecycle ------------------------------------------------------------------------
 
+def default_lead(service: Service) -> str:
+    """The first of the service's on-call people; an incident without a lead reminds nobody."""
+    if service.oncall:
+        return service.oncall[0]
+    raise InvalidInput(
+        f"no lead for this incident: name one with --lead EMAIL, or give service "
+        f"{service.key!r} an `oncall: [EMAIL, ...]` list in contacts.yaml (its first person "
+        "leads by default)")
+
+
 def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact: str,
             summary: str, impacted: Iterable[str] = (), eta: str = "", started: str = "",
             next_steps: str = "", lead: str | None = None, author: str = "") -> Incident:
@@ -363,7 +377,7 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
         raise InvalidInput("summary: say in one line what is broken")
     rules = rules_of(app.config)
     impacted = [check_address(a, "impacted address", rules) for a in impacted if a.strip()]
-    lead = check_address(lead, "lead", rules) if lead else None
+    lead = check_address(lead, "lead", rules) if lead else default_lead(svc)
     app.contacts.expand(svc.notify)  # an unknown list fails here, before anything is written
     with app.db.atomic():
         incident = Incident.create(

@@ -150,7 +150,7 @@ def _m0001_initial(db: Database, migrator: SchemaMigrator) -> None:
         mail_from = CharField()
         sender = CharField()
         message_id = CharField(index=True)
-        raw = BlobField()
+        content = BlobField(column_name="raw")  # `raw` would shadow Model.raw()
         outcome = CharField()
 
         class Meta:
@@ -163,7 +163,7 @@ def _m0001_initial(db: Database, migrator: SchemaMigrator) -> None:
         recipient = CharField()
         envelope_from = CharField()
         message_id = CharField()
-        raw = BlobField()
+        content = BlobField(column_name="raw")  # `raw` would shadow Model.raw()
         created_at = DateTimeField()
         next_attempt_at = DateTimeField()
         claimed_until = DateTimeField(null=True)
