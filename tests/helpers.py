@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -21,6 +21,7 @@ from mailflow import incidents as inc
 from mailflow.app import Mailflow
 from mailflow.inbound import Gate, InboundHandler, listen
 from mailflow.models import Incident
+from mailflow.testing import Sink
 
 from .conftest import T0
 
@@ -77,6 +78,36 @@ class Process:
 
     def logged(self, text: str) -> bool:
         return any(text in line for line in self.lines)
+
+
+NOW = T0 + timedelta(minutes=20)  # when replies arrive, 20 minutes after the declaration
+
+
+class Inbound:
+    """mailflow's handler served on a free loopback port, with a fixed clock."""
+
+    def __init__(self, app: Mailflow, max_size: int = 64 * 1024) -> None:
+        self.now = NOW
+        self.handler = InboundHandler(app, now=lambda: self.now)
+        self.server = Sink(handler=self.handler, data_size_limit=max_size)
+
+    def send(self, msg: EmailMessage | bytes, to: str, mail_from: str = "bob@example.org"
+             ) -> tuple[int, bytes]:
+        """Send over SMTP; returns the DATA answer (or the refusal)."""
+        with smtplib.SMTP("127.0.0.1", self.server.port, timeout=10) as smtp:
+            smtp.ehlo()
+            code, answer = smtp.mail(mail_from)
+            assert code == 250
+            code, answer = smtp.rcpt(to)
+            if code != 250:
+                smtp.rset()
+                return code, answer
+            data = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP)
+            try:
+                code, answer = smtp.data(data)
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code, exc.smtp_error
+            return code, answer
 
 
 def declare_incident(app: Mailflow, **fields: object) -> Incident:

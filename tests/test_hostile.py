@@ -33,7 +33,8 @@ from mailflow.replies import MAX_PARTS, html_to_text, parse_reply
 from mailflow.testing import Received, Sink
 
 from .conftest import T0
-from .test_inbound import NOW, Inbound, posted, reply, reply_to
+from .helpers import NOW, Inbound
+from .test_inbound import posted, reply, reply_to
 from .test_lifecycle import declare, html_of, text_of
 from .test_replies import assert_clean
 
@@ -102,15 +103,6 @@ def assert_no_injected_headers(received: list[Received], allowed: set[str]) -> N
             if "victim" in value.lower():
                 assert name == "Subject", (name, value)
         assert len(msg.get_all("To") or []) == 1 and len(msg.get_all("Subject") or []) == 1
-
-
-@pytest.fixture(name="inbound")
-def inbound_server(app: Mailflow) -> Iterator[Inbound]:
-    """mailflow's InboundHandler on loopback, 64 KiB DATA limit (as in test_inbound)."""
-    server = Inbound(app)
-    server.server.start()
-    yield server
-    server.server.stop()
 
 
 @pytest.fixture(name="incident")

@@ -2,61 +2,19 @@
 
 from __future__ import annotations
 
-import smtplib
-from collections.abc import Iterator
-from datetime import timedelta
 from email.message import EmailMessage
-from email.policy import SMTP
 
 import pytest
 
 from mailflow import incidents as inc
 from mailflow import tokens
 from mailflow.app import Mailflow
-from mailflow.inbound import InboundHandler
 from mailflow.models import Entry, Incident, InMessage, OutMessage, Recipient
 from mailflow.testing import Sink
 
 from .conftest import T0
+from .helpers import NOW
 from .test_lifecycle import ORANGE, by_rcpt, declare, highlighted, html_of
-
-NOW = T0 + timedelta(minutes=20)
-
-
-class Inbound:
-    """mailflow's handler served on a free loopback port, with a fixed clock."""
-
-    def __init__(self, app: Mailflow, max_size: int = 64 * 1024) -> None:
-        self.now = NOW
-        self.handler = InboundHandler(app, now=lambda: self.now)
-        self.server = Sink(handler=self.handler, data_size_limit=max_size)
-
-    def send(self, msg: EmailMessage | bytes, to: str, mail_from: str = "bob@example.org"
-             ) -> tuple[int, bytes]:
-        """Send over SMTP; returns the DATA answer (or the refusal)."""
-        with smtplib.SMTP("127.0.0.1", self.server.port, timeout=10) as smtp:
-            smtp.ehlo()
-            code, answer = smtp.mail(mail_from)
-            assert code == 250
-            code, answer = smtp.rcpt(to)
-            if code != 250:
-                smtp.rset()
-                return code, answer
-            data = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP)
-            try:
-                code, answer = smtp.data(data)
-            except smtplib.SMTPDataError as exc:
-                return exc.smtp_code, exc.smtp_error
-            return code, answer
-
-
-@pytest.fixture
-def inbound(app: Mailflow) -> Iterator[Inbound]:
-    server = Inbound(app)
-    server.server.start()
-    yield server
-    server.server.stop()
-
 
 @pytest.fixture
 def incident(app: Mailflow, sink: Sink) -> Incident:
