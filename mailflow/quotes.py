@@ -86,7 +86,7 @@ _GLUED_LEAD = re.compile(rf"(?:(?<=\s)|(?<=-)|(?<=\.))(?:{_LEADS})\s")
 _TAIL = re.compile(r"^\s?[:：]?\s?$|^(?P<rest>\s?\S.{0,150}?)\s?[:：]$")
 _EVIDENCE = re.compile(r"[\d@]")
 _TAIL_DETAIL = re.compile(r"[\d@<(]")
-_DATE_START = re.compile(rf"^(?:\S+\s){{0,4}}?(?:{patterns.DATE_OR_TIME})")
+_DATE_START = re.compile(rf"^(?:\S+\s)?(?:{patterns.DATE_OR_TIME})")  # "вт, 24 нояб." 
 _DATE_HEADER = re.compile(
     rf"^(?:\S+\s){{0,4}}?(?:{patterns.DATE_OR_TIME}).{{0,250}}?\s?{patterns.ADDRESS_END}$"
 )
@@ -115,7 +115,8 @@ _FORWARD = re.compile(
 )
 _SENT_FROM = re.compile(
     rf"^[(<\[]{{0,2}}(?:{_alternation(_flatten(patterns.SENT_FROM), escape=False)})"
-    r"(?:\s[^\s,;:]{1,40}){1,6}\s?[.!)>\]]{0,3}$"
+    r"(?:\s[^\s,;:]{1,40}|(?<=[\u3000-\u9fff])[^\s,;:]{1,40})(?:\s[^\s,;:]{1,40}){0,5}"
+    r"\s?[.!)>\]]{0,3}$"
     rf"|^(?:\S{{1,40}}\s?){{1,4}}(?:{_alternation(_flatten(patterns.SENT_FROM_SUFFIX), False)})"
     r"\.?$",
     re.I,
@@ -123,6 +124,7 @@ _SENT_FROM = re.compile(
 _SIGN_OFF = re.compile(
     rf"^(?:{_alternation(_flatten(patterns.SIGN_OFFS), escape=True)})"
     r"(?P<punct>\s?[,.!…:;–-]{0,3})"
+    rf"(?:\s?/\s?(?:{_alternation(_flatten(patterns.SIGN_OFFS), escape=True)})[,.!]?)?"
     r"(?:\s(?P<name>[^\W\d_][\w.'’-]{0,30}(?:\s[^\W\d_][\w.'’-]{0,30}){0,2}))?\s?[.!]?$",
     re.I,
 )
@@ -256,14 +258,20 @@ class _Lines:
         probe = self.probes[i]
         if not probe or self.quoted[i]:
             return None
+        bare = _WRAPPERS.sub("", probe)
+        starts = _LEAD.match(bare) is not None or _DATE_START.match(bare) is not None
         kind = self._single(i)
         if kind:
-            return kind, 0, i
+            # "All good now On Wed, … wrote:": the sender's words, then the header.
+            glued = self._glued(i) if kind == ATTRIBUTION and not starts else None
+            return glued or (kind, 0, i)
         end = self._block_end(i)
         if end is not None:
             return BLOCK, 0, end
-        bare = _WRAPPERS.sub("", probe)
-        if _LEAD.match(bare) or _DATE_START.match(bare) or probe.endswith("<"):
+        if starts or probe.endswith("<"):
+            glued = None if starts else self._glued(i)
+            if glued:
+                return glued
             end = self._joined(i, probe, strict=False)
             if end is not None:
                 return ATTRIBUTION, 0, end

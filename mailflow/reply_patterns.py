@@ -16,7 +16,7 @@ from __future__ import annotations
 # names a date, an address, or introduces "> " lines. Fragments carry their own word
 # boundaries: scripts without spaces (Chinese, Japanese, Korean) have none.
 WROTE_VERBS: dict[str, tuple[str, ...]] = {
-    "en": (r"\bwrote", r"\bwrites", r"\bsaid", r"\bsays"),
+    "en": (r"\bwrote", r"\bwrites"),
     "nl": (r"\bschreef", r"\bhet volgende geschreven", r"\bgeschreven"),
     "sv": (r"\bskrev",),  # also Danish and Norwegian
     "is": (r"\bskrifaði",),
@@ -27,7 +27,7 @@ WROTE_VERBS: dict[str, tuple[str, ...]] = {
     "pl": (r"\bnapisał\(a\)", r"\bnapisała?", r"\bpisze", r"\bnadesłał"),
     "cs": (r"\bnapsal\(a\)", r"\bnapsala?"),
     "sk": (r"\bnapísal\(a\)", r"\bnapísala?"),
-    "sl": (r"\bje napisal\(a\)", r"\bje napisala?"),
+    "sl": (r"\bnapisal\(a\)", r"\bnapisala?"),
     "hr": (r"\bje napisao", r"\bje napisala", r"\bnapisao/la je", r"\bnapisa"),
     "hu": (r"\bírta", r"\bezt írta"),
     "ro": (r"\ba scris",),
@@ -78,9 +78,9 @@ ATTRIBUTION_LEADS: dict[str, tuple[str, ...]] = {
     "id": ("Pada",),
 }
 
-# English "sent" is an attribution verb only after a lead word ("On …, Ana <a@x> sent:"):
+# English "sent", "said" and "says" are attribution verbs only after a lead word ("On …, Ana <a@x> sent:"):
 # alone it is too common a word.
-LEAD_ONLY_VERBS: tuple[str, ...] = (r"\bsent",)
+LEAD_ONLY_VERBS: tuple[str, ...] = (r"\bsent", r"\bsaid", r"\bsays")
 
 # --- date-first headers without a verb ---
 #
