@@ -116,7 +116,8 @@ _FORWARD = re.compile(
 _SENT_FROM = re.compile(
     rf"^[(<\[]{{0,2}}(?:{_alternation(_flatten(patterns.SENT_FROM), escape=False)})"
     r"(?:\s[^\s,;:]{1,40}|(?<=[\u3000-\u9fff])[^\s,;:]{1,40})(?:\s[^\s,;:]{1,40}){0,5}"
-    r"\s?[.!)>\]]{0,3}$"
+    r"\s?[.!)>\]]{0,3}"
+    rf"(?:[.,;]?\s{{1,3}}(?:{_alternation(patterns.SENT_FROM_APOLOGY, escape=False)})\b.{{0,60}})?$"
     rf"|^(?:\S{{1,40}}\s?){{1,4}}(?:{_alternation(_flatten(patterns.SENT_FROM_SUFFIX), False)})"
     r"\.?$",
     re.I,
@@ -133,6 +134,12 @@ _DASH_NAME = re.compile(patterns.DASH_NAME)
 _DELIMITER_LINE = re.compile(r"^[-_=*~#+—–.]{2,}$")
 _OWN_ANGLES = re.compile(r"^>+[\s>]*(?:https?://|www\.)\S{1,2000}\s*<+$")  # >>> http://x <<<
 _SENTENCE_END = re.compile(r"[.?!:;]$")
+_OTHER_HEADER = re.compile(
+    "^(?:" + "|".join(f"(?:{h})" for h in patterns.OTHER_HEADERS) + ")$", re.I
+)
+_URL_TAIL = re.compile(r"<(?:https?://|mailto:)[^<>\s]{0,300}>|\[([^\]]{1,80})\]\([^)\s]{1,300}\)")
+_OPEN_LINK = re.compile(r"<(?:https?://|mailto:|www\.)[^<>\s]{0,300}$")  # "See <http://x" + "> more"
+_LINK_PIECE = re.compile(r"://|^[^\s]{1,120}\)$|\s>$")
 
 ATTRIBUTION, BLOCK, SEPARATOR, FORWARD = "attribution", "block", "separator", "forward"
 
@@ -182,7 +189,21 @@ class _Lines:
         self.lines = text.split("\n")
         self.count = len(self.lines)
         self.probes = [_probe(line) for line in self.lines]
-        self.quoted = [p.startswith(">") and not _OWN_ANGLES.match(p) for p in self.probes]
+        self.quoted = [
+            p.startswith(">")
+            and not _OWN_ANGLES.match(p)
+            and not (k and _OPEN_LINK.search(self.probes[k - 1]))  # "<http://x" + "> text"
+            for k, p in enumerate(self.probes)
+        ]
+        # A long link of the quoted text broken out of its "> " lines is still quoted.
+        for k in range(1, self.count - 1):
+            if (
+                not self.quoted[k]
+                and self.quoted[k - 1]
+                and self.quoted[k + 1]
+                and _LINK_PIECE.search(self.probes[k])
+            ):
+                self.quoted[k] = True
 
     def next_filled(self, start: int, within: int | None = None) -> int | None:
         stop = self.count if within is None else min(self.count, start + within)
@@ -204,6 +225,8 @@ class _Lines:
             return FORWARD
         next_quoted = self._next_quoted(i)
         if _is_attribution(probe, next_quoted) or _is_date_header(probe, next_quoted):
+            return ATTRIBUTION
+        if _OTHER_HEADER.match(probe):
             return ATTRIBUTION
         return None
 
@@ -337,30 +360,30 @@ def _starts_with_name(probe: str, names: tuple[str, str]) -> bool:
     return first == last or last in words or len(words) == 1
 
 
-def _strip_tail(lines: list[str], sender: tuple[str, str] | None) -> list[str]:
+def _strip_tail(lines: list[str], sender: tuple[str, str] | None, below: bool) -> list[str]:
     """The stretch without a closing signature: sign-off + name, dash-led name, own name."""
     filled = [k for k, line in enumerate(lines) if line.strip()]
-    if len(filled) < 2:
-        return lines  # a stretch that is only "Thanks, Bob" is what they said
+    if not filled:
+        return lines
     probes = {k: _probe(lines[k]) for k in filled[-_TAIL_LINES:]}
     last = filled[-1]
     dash = _DASH_NAME.fullmatch(probes[last])
     if dash:
-        previous = probes.get(filled[-2], _probe(lines[filled[-2]]))
+        previous = _probe(lines[filled[-2]]) if len(filled) > 1 else ""
         spaced = len(probes[last]) > 1 and probes[last][1] == " "
         words = probes[last][1:].split()
         if not (spaced and (previous[:1] in "-–—*" or not _capitalised(words))):
             return lines[:last]
     window = filled[-_TAIL_LINES:]
     for pos, k in enumerate(window):
-        if k == filled[0]:
-            continue  # never the whole stretch
         m = _SIGN_OFF.match(probes[k])
         if m:
             name = (m.group("name") or "").split()
             after = window[pos + 1 :]
             if name and not _capitalised(name):
                 continue  # "Thanks for the help" is a sentence
+            if below and name and len(filled) == 1:
+                continue  # "Regards, Roman" alone under the quote: how they close the answer
             if (after or name) and all(_name_ish(probes[a]) for a in after):
                 return lines[:k]
         if sender and _starts_with_name(probes[k], sender) and _name_ish(probes[k]):
@@ -370,7 +393,9 @@ def _strip_tail(lines: list[str], sender: tuple[str, str] | None) -> list[str]:
     return lines
 
 
-def _strip_signature(lines: list[str], sender: tuple[str, str] | None, soft: bool) -> list[str]:
+def _strip_signature(
+    lines: list[str], sender: tuple[str, str] | None, soft: bool, below: bool = False
+) -> list[str]:
     """One stretch of the sender's text without its signature."""
     for k, line in enumerate(lines):
         probe = _probe(line)
@@ -379,11 +404,11 @@ def _strip_signature(lines: list[str], sender: tuple[str, str] | None, soft: boo
         ):
             lines = lines[:k]
             break
-        if _SENT_FROM.match(probe):
+        if _SENT_FROM.match(_URL_TAIL.sub(lambda m: m.group(1) or "", probe).strip()):
             lines = lines[:k]
             break
     if soft:
-        lines = _strip_tail(lines, sender)
+        lines = _strip_tail(lines, sender, below)
     while lines and (not lines[-1].strip() or _DELIMITER_LINE.match(_probe(lines[-1]))):
         lines = lines[:-1]  # a rule line above the removed header or signature
     return lines
@@ -392,17 +417,20 @@ def _strip_signature(lines: list[str], sender: tuple[str, str] | None, soft: boo
 # --- the whole body ---
 
 
-def _stretches(text: str) -> tuple[list[list[str]], str | None]:
-    """The sender's own stretches of lines, or (…, forward) when the body is a forward."""
+def _stretches(text: str) -> tuple[list[tuple[list[str], bool]], str | None]:
+    """The sender's own stretches of lines, each with whether it follows quoted text; or
+    (…, forward) when the body is a forward with nothing above it."""
     lines = _Lines(text)
-    stretches: list[list[str]] = []
+    stretches: list[tuple[list[str], bool]] = []
     current: list[str] = []
+    below = False  # past a quote or a header: the stretch answers or closes quoted text
     i = 0
     while i < lines.count:
         if lines.quoted[i]:
             if current:
-                stretches.append(current)
+                stretches.append((current, below))
                 current = []
+            below = True
             i += 1
             continue
         found = lines.header(i)
@@ -414,10 +442,11 @@ def _stretches(text: str) -> tuple[list[list[str]], str | None]:
         if col:
             current.append(lines.lines[i][:col].rstrip(" -–—"))
         if current:
-            stretches.append(current)
+            stretches.append((current, below))
             current = []
+        below = True
         if kind == FORWARD:
-            if not tidy(line for s in stretches for line in s):
+            if not tidy(line for s, _ in stretches for line in s):
                 return [], tidy(lines.lines[i:])  # nothing above: the forward is the message
             break
         j = lines.next_filled(end + 1)
@@ -425,7 +454,7 @@ def _stretches(text: str) -> tuple[list[list[str]], str | None]:
             break  # history without "> " marks: everything from the header down
         i = j
     if current:
-        stretches.append(current)
+        stretches.append((current, below))
     return stretches, None
 
 
@@ -436,7 +465,11 @@ def _extract(body: str, sender_name: str = "") -> str:
         return forward
     sender = _sender_names(sender_name)
     for soft in (True, False):
-        own = tidy(line for s in stretches for line in _strip_signature(s, sender, soft))
+        own = tidy(
+            line
+            for stretch, below in stretches
+            for line in _strip_signature(stretch, sender, soft, below)
+        )
         if own:
             return own
     return ""

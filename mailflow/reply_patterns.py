@@ -78,6 +78,13 @@ ATTRIBUTION_LEADS: dict[str, tuple[str, ...]] = {
     "id": ("Pada",),
 }
 
+# Whole-line headers of forums, trackers and list archives that have no "wrote" verb.
+OTHER_HEADERS: tuple[str, ...] = (
+    r"Posted by .{1,80} on \d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}.{0,20}",  # Discourse-style
+    r"Quoting .{1,120}[:：]",  # Horde / IMP
+    r".{1,80} via .{1,80} (?:wrote|schrieb|a écrit|escribió)[:：]?",  # "bob via Forum wrote:"
+)
+
 # English "sent", "said" and "says" are attribution verbs only after a lead word ("On …, Ana <a@x> sent:"):
 # alone it is too common a word.
 LEAD_ONLY_VERBS: tuple[str, ...] = (r"\bsent", r"\bsaid", r"\bsays")
@@ -248,6 +255,12 @@ SENT_FROM: dict[str, tuple[str, ...]] = {
     "vi": (r"Gửi từ",),
     "zh": (r"发自我的", r"从我的", r"從我的", r"来自我的", r"發自我的"),
 }  # fmt: skip
+
+# After the device, phones may apologise: "Sent from my phone, please excuse any typos."
+SENT_FROM_APOLOGY: tuple[str, ...] = (
+    r"please excuse", r"excuse", r"pardon", r"sorry", r"apologies", r"bitte entschuldigen",
+    r"entschuldigen Sie", r"excusez", r"disculpe", r"disculpa", r"scusate", r"scusa",
+)
 
 # Languages that put the device first: "iPhoneから送信", "iPhone'umdan gönderildi".
 SENT_FROM_SUFFIX: dict[str, tuple[str, ...]] = {
