@@ -18,6 +18,7 @@ body costs linear time.
 
 from __future__ import annotations
 
+import quopri
 import re
 import sys
 from collections.abc import Iterable
@@ -104,10 +105,13 @@ _LABEL = re.compile(
 )
 _SEPARATOR = re.compile(
     rf"^[\s*_=>-]{{0,40}}\[?(?:{_alternation(_flatten(patterns.ORIGINAL_MESSAGE), True)})\]?"
-    r"[\s*_=-]{0,40}:?$"
-    r"|^[_\u2014\u2015\u2500\u2501]{20,}$",  # Outlook's line of underscores
+    r"[\s*_=-]{0,40}:?$",
     re.I,
 )
+# Outlook's line of underscores (or a long rule) is history only above a header block or
+# a list footer; elsewhere it is the sender's own layout.
+_RULE = re.compile(r"^[_\u2014\u2015\u2500\u2501-]{20,}$")
+_LIST_FOOTER = re.compile(r"mailing list|listinfo|mailman|unsubscribe|abmelden|désinscri", re.I)
 _FORWARD = re.compile(
     rf"^[\s*_=>-]{{0,40}}(?:{_alternation(_flatten(patterns.FORWARDED), True)})"
     r"[\s*_=-]{0,40}[:：]?$",
@@ -221,6 +225,14 @@ class _Lines:
         probe = self.probes[i]
         if _SEPARATOR.match(probe):
             return SEPARATOR
+        if _RULE.match(probe):
+            j = self.next_filled(i + 1, 3)
+            if j is not None and not self.quoted[j]:
+                if _LABEL.match(self.probes[j]) or self._single(j):
+                    return SEPARATOR
+                if any(_LIST_FOOTER.search(self.probes[k]) for k in range(j, min(self.count, j + 4))):
+                    return SEPARATOR
+            return None
         if _FORWARD.match(probe):
             return FORWARD
         next_quoted = self._next_quoted(i)
@@ -450,7 +462,12 @@ def _stretches(text: str) -> tuple[list[tuple[list[str], bool]], str | None]:
                 return [], tidy(lines.lines[i:])  # nothing above: the forward is the message
             break
         j = lines.next_filled(end + 1)
-        if j is None or not lines.quoted[j]:
+        if j is None:
+            break
+        if not lines.quoted[j]:
+            if kind == BLOCK and not tidy(line for s, _ in stretches for line in s):
+                i = j  # a header block on top of the sender's own text: drop just the block
+                continue
             break  # history without "> " marks: everything from the header down
         i = j
     if current:
@@ -458,8 +475,22 @@ def _stretches(text: str) -> tuple[list[tuple[list[str], bool]], str | None]:
     return stretches, None
 
 
+_QP_SOFT_BREAK = re.compile(r"=\n")
+_QP_ESCAPE = re.compile(r"=[0-9A-F]{2}")
+
+
+def _undo_quoted_printable(text: str) -> str:
+    """A body handed over still quoted-printable ("w=\nrote:", "=E2=80=AF"): decode it."""
+    if len(_QP_SOFT_BREAK.findall(text[:20_000])) < 2 or not _QP_ESCAPE.search(text[:20_000]):
+        return text
+    try:
+        return quopri.decodestring(text.encode("utf-8")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        return text
+
+
 def _extract(body: str, sender_name: str = "") -> str:
-    text = _clean_text(str(body))[:MAX_TEXT_CHARS]
+    text = _undo_quoted_printable(_clean_text(str(body))[:MAX_TEXT_CHARS])
     stretches, forward = _stretches(text)
     if forward is not None:
         return forward
