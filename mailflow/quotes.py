@@ -34,6 +34,7 @@ _JOIN_LINES = 5  # clients wrap a long attribution over up to five lines
 _JOIN_CHARS = 600
 _GLUE_WINDOW = 400  # a header glued to the end of a line is found in its last characters
 _TAIL_LINES = 7  # a signature is in the last few non-empty lines of a stretch
+_TAIL_WINDOW = 200  # the "wrote" verb is at most this far from the end of a header
 
 # --- text hygiene (same rules as the rest of the reply parser) ---
 
@@ -78,8 +79,20 @@ def _flatten(table: dict[str, tuple[str, ...]]) -> list[str]:
     return [entry for entries in table.values() for entry in entries]
 
 
-_VERB = re.compile(_alternation(_flatten(patterns.WROTE_VERBS), escape=False), re.I)
-_LEAD_ONLY_VERB = re.compile(_alternation(patterns.LEAD_ONLY_VERBS, escape=False), re.I)
+def _first_chars(fragments: Iterable[str]) -> str:
+    """A character class of the letters the fragments can start with (a fast pre-check)."""
+    firsts = {f.removeprefix(r"\b")[:1] for f in fragments}
+    letters = {c for f in firsts for c in (f.lower(), f.upper())}
+    return "[" + "".join(re.escape(c) for c in sorted(letters)) + "]"
+
+
+def _verb_regex(fragments: list[str]) -> re.Pattern[str]:
+    # The look-ahead lets the engine skip most positions before trying ~100 alternatives.
+    return re.compile(f"(?={_first_chars(fragments)})(?:{_alternation(fragments, False)})", re.I)
+
+
+_VERB = _verb_regex(_flatten(patterns.WROTE_VERBS))
+_LEAD_ONLY_VERB = _verb_regex(list(patterns.LEAD_ONLY_VERBS))
 _LEADS = _alternation(_flatten(patterns.ATTRIBUTION_LEADS), escape=True)
 _LEAD = re.compile(rf"^(?:{_LEADS})(?=[\s,])")
 _GLUED_LEAD = re.compile(rf"(?:(?<=\s)|(?<=-)|(?<=\.))(?:{_LEADS})\s")
@@ -104,8 +117,9 @@ _LABEL = re.compile(
     re.I,
 )
 _SEPARATOR = re.compile(
-    rf"^[\s*_=>-]{{0,40}}\[?(?:{_alternation(_flatten(patterns.ORIGINAL_MESSAGE), True)})\]?"
-    r"[\s*_=-]{0,40}:?$",
+    rf"^[\s*_=>#-]{{0,40}}\[?(?:{_alternation(_flatten(patterns.ORIGINAL_MESSAGE), True)}"
+    rf"|{_alternation(patterns.REPLY_ABOVE, True)})\]?"
+    r"[\s*_=#.!-]{0,40}:?$",
     re.I,
 )
 # Outlook's line of underscores (or a long rule) is history only above a header block or
@@ -154,11 +168,17 @@ def _is_attribution(probe: str, next_quoted: bool, strict: bool = False) -> bool
         return False
     probe = _WRAPPERS.sub("", probe)
     lead = _LEAD.match(probe) is not None
+    colon = probe.endswith((":", "："))
+    if not colon and not (lead and probe[-1:].isalpha()):
+        return False  # "On … wrote" may lose its colon; a bare "… wrote" sentence may not
+    # The verb is near the end (a short tail may follow it): only that window is searched,
+    # which keeps a body of long lines cheap.
+    start = max(0, len(probe) - (_TAIL_WINDOW if colon else 40))
     verb = None
-    for verb in _VERB.finditer(probe):
+    for verb in _VERB.finditer(probe, start):
         pass
     if verb is None and lead:
-        for verb in _LEAD_ONLY_VERB.finditer(probe):
+        for verb in _LEAD_ONLY_VERB.finditer(probe, start):
             pass
     if verb is None or verb.start() == 0:
         return False
@@ -166,9 +186,6 @@ def _is_attribution(probe: str, next_quoted: bool, strict: bool = False) -> bool
     if tail is None:
         return False
     rest = (tail.group("rest") or "").strip()
-    colon = probe.endswith((":", "："))
-    if not colon and not lead:
-        return False  # "On … wrote" may lose its colon; a bare "… wrote" sentence may not
     if rest and not lead and not _TAIL_DETAIL.search(rest) and len(rest.split()) > 4:
         return False  # "I wrote to the vendor about it, here is the answer:"
     if strict:
@@ -193,6 +210,7 @@ class _Lines:
         self.lines = text.split("\n")
         self.count = len(self.lines)
         self.probes = [_probe(line) for line in self.lines]
+        self._singles: dict[int, str | None] = {}
         self.quoted = [
             p.startswith(">")
             and not _OWN_ANGLES.match(p)
@@ -221,7 +239,12 @@ class _Lines:
         return j is not None and self.quoted[j]
 
     def _single(self, i: int) -> str | None:
-        """The kind of header line i is on its own, if any."""
+        """The kind of header line i is on its own, if any (computed once per line)."""
+        if i not in self._singles:
+            self._singles[i] = self._single_uncached(i)
+        return self._singles[i]
+
+    def _single_uncached(self, i: int) -> str | None:
         probe = self.probes[i]
         if _SEPARATOR.match(probe):
             return SEPARATOR
@@ -317,7 +340,7 @@ class _Lines:
         line = self.lines[i]
         start = max(0, len(line) - _GLUE_WINDOW)
         for tries, m in enumerate(_GLUED_LEAD.finditer(line, start)):
-            if tries >= 8:
+            if tries >= 3:
                 break
             col = m.start()
             if not line[:col].strip():

@@ -197,6 +197,18 @@ ORIGINAL_MESSAGE: dict[str, tuple[str, ...]] = {
     "hr": ("Izvorna poruka",),
 }  # fmt: skip
 
+# Markers that trackers and help desks put in their emails (Redmine, Zammad, Zendesk,
+# Jira style): whatever is below is the email they sent.
+REPLY_ABOVE: tuple[str, ...] = (
+    "Reply above this line", "Please reply above this line", "Type your reply above this line",
+    "Please type your reply above this line", "Please do not type below this line",
+    "Do not reply below this line", "Please do not write below this line",
+    "Write above this line", "Antworten Sie bitte oberhalb dieser Zeile",
+    "Bitte oberhalb dieser Zeile antworten", "Répondez au-dessus de cette ligne",
+    "Veuillez répondre au-dessus de cette ligne", "Responda por encima de esta línea",
+    "Rispondi sopra questa riga", "Antwoord boven deze lijn",
+)
+
 # Forwards: the sender's own text above one is kept; the forwarded message is not theirs
 # (unless there is nothing above it, then the forward is what they sent).
 FORWARDED: dict[str, tuple[str, ...]] = {
