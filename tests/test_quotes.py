@@ -99,6 +99,6 @@ def test_readme_table_is_the_generated_one() -> None:
 )
 def test_hostile_bodies_are_handled(body: str) -> None:
     # Every pattern is bounded and sees a capped window of a line: a backtracking blow-up
-    # here would hang the suite (bench/quotes.py measures the cost).
+    # here would hang the suite (`python bench/quotes.py` measures the cost).
     text = extract_text(body)
     assert isinstance(text, str) and "> q" not in text
