@@ -40,7 +40,7 @@ _TAIL_WINDOW = 200  # the "wrote" verb is at most this far from the end of a hea
 
 _TEXT_JUNK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2007\u202f\u3000]+")
-_INVISIBLE = re.compile(r"[\u200b-\u200f\u2060\ufeff]")
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")  # + bidi marks
 
 
 def _clean_text(text: str) -> str:
