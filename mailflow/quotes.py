@@ -152,6 +152,7 @@ _DASH_NAME = re.compile(patterns.DASH_NAME)
 _DELIMITER_LINE = re.compile(r"^[-_=*~#+—–.]{2,}$")
 _OWN_ANGLES = re.compile(r"^>+[\s>]*(?:https?://|www\.)\S{1,2000}\s*<+$")  # >>> http://x <<<
 _SENTENCE_END = re.compile(r"[.?!:;]$")
+_LIST_ITEM = re.compile(r"^(?:[-*•–]\s|\d{1,2}[.)]\s)")
 _OTHER_HEADER = re.compile(
     "^(?:" + "|".join(f"(?:{h})" for h in patterns.OTHER_HEADERS) + ")$", re.I
 )
@@ -186,8 +187,12 @@ def _is_attribution(probe: str, next_quoted: bool, strict: bool = False) -> bool
     if tail is None:
         return False
     rest = (tail.group("rest") or "").strip()
-    if rest and not lead and not _TAIL_DETAIL.search(rest) and len(rest.split()) > 4:
-        return False  # "I wrote to the vendor about it, here is the answer:"
+    if not lead:
+        words = len(rest.split())
+        if words > 10 or (words > 4 and not _TAIL_DETAIL.search(rest)):
+            return False  # "I wrote to the vendor about it, here is the answer:"
+        if ": " in probe[: verb.start()]:
+            return False  # "Update at 10:30: I wrote …": a sentence, not a header
     if strict:
         return _EVIDENCE.search(probe) is not None
     return _EVIDENCE.search(probe) is not None or next_quoted
@@ -364,7 +369,7 @@ def _capitalised(words: list[str]) -> bool:
 
 def _name_ish(probe: str) -> bool:
     """A line that can be part of a signature block: a name, a title, a phone, a company."""
-    if not probe or probe.startswith(">") or len(probe) > 70:
+    if not probe or probe.startswith(">") or len(probe) > 70 or _LIST_ITEM.match(probe):
         return False
     words = probe.split()
     if len(words) > 7 or probe.endswith(("?", ":")):

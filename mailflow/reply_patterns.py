@@ -95,14 +95,14 @@ LEAD_ONLY_VERBS: tuple[str, ...] = (r"\bsent", r"\bsaid", r"\bsays")
 # then the sender, then a colon: "ср, 30 апр. 2025 г. в 15:19, Name <addr>:",
 # "2014-10-17 11:28 GMT+03:00 Name <addr>:", "30.09.2017, 18.30, "Name" <addr>:",
 # "2024年1月1日(月) 10:00 Taro <taro@x>:". Such a line must start within a few words of a
-# date or time and end with the sender's address.
+# date or time and end with the sender's address in brackets.
 DATE_OR_TIME = (
     r"\d{1,4}[-./年]\s?\d{1,2}"  # 2014-10-17, 30.09.2017, 2011/4/7, 2024年1月
     r"|\d{1,2}:\d{2}"  # 11:28
     r"|\d{1,2}\.\d{2}\b"  # 18.30 (Nordic and Finnish times)
     r"|\d{1,2}\s\w{3,10}\.?\s\d{4}"  # 30 апр. 2025, 1 janv 2024
 )
-ADDRESS_END = r"[<(\[]?(?:mailto:)?[^\s<>()\[\]@]{1,64}@[^\s<>()\[\]@]{1,255}[>)\]]{0,2}\s?[:：]?"
+ADDRESS_END = r"[<(\[]\s?(?:mailto:)?[^\s<>()\[\]@]{1,64}@[^\s<>()\[\]@]{1,255}[>)\]]{0,2}\s?[:：]?"
 
 # --- Outlook-style header blocks ---
 #
