@@ -64,11 +64,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     bodies = [p.read_text(encoding="utf-8") for _, p in fixtures(ROOT) if p.suffix == ".txt"]
-    show("fixtures", timed(extract_text, bodies, args.repeat),
-         timed(naive, bodies, args.repeat), len(bodies), "µs")
+    show(
+        "fixtures",
+        timed(extract_text, bodies, args.repeat),
+        timed(naive, bodies, args.repeat),
+        len(bodies),
+        "µs",
+    )
     for name, body in HOSTILE.items():
-        show(name, timed(extract_text, [body], args.repeat),
-             timed(naive, [body], args.repeat), 1, "ms")
+        show(
+            name,
+            timed(extract_text, [body], args.repeat),
+            timed(naive, [body], args.repeat),
+            1,
+            "ms",
+        )
 
 
 if __name__ == "__main__":

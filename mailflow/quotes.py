@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import reply_patterns as patterns
 
-__all__ = ["extract_text", "tidy", "family_table"]
+__all__ = ["extract_text", "family_table", "fixtures", "tidy"]
 
 MAX_TEXT_CHARS = 100_000  # body text searched for quotes; an update is never this long
 _PROBE_CHARS = 200  # a reply header line is short; longer lines cannot be one
@@ -88,7 +88,9 @@ def _first_chars(fragments: Iterable[str]) -> str:
 
 def _verb_regex(fragments: list[str]) -> re.Pattern[str]:
     # The look-ahead lets the engine skip most positions before trying ~100 alternatives.
-    return re.compile(f"(?={_first_chars(fragments)})(?:{_alternation(fragments, False)})", re.I)
+    return re.compile(
+        f"(?={_first_chars(fragments)})(?:{_alternation(fragments, False)})", re.IGNORECASE
+    )
 
 
 _VERB = _verb_regex(_flatten(patterns.WROTE_VERBS))
@@ -100,7 +102,7 @@ _GLUED_LEAD = re.compile(rf"(?:(?<=\s)|(?<=-)|(?<=\.))(?:{_LEADS})\s")
 _TAIL = re.compile(r"^\s?[:：]?\s?$|^(?P<rest>\s?\S.{0,150}?)\s?[:：]$")
 _EVIDENCE = re.compile(r"[\d@]")
 _TAIL_DETAIL = re.compile(r"[\d@<(]")
-_DATE_START = re.compile(rf"^(?:\S+\s)?(?:{patterns.DATE_OR_TIME})")  # "вт, 24 нояб." 
+_DATE_START = re.compile(rf"^(?:\S+\s)?(?:{patterns.DATE_OR_TIME})")  # "вт, 24 нояб."
 _DATE_HEADER = re.compile(
     rf"^(?:\S+\s){{0,4}}?(?:{patterns.DATE_OR_TIME}).{{0,250}}?\s?{patterns.ADDRESS_END}$"
 )
@@ -114,22 +116,24 @@ for _language in patterns.HEADER_LABELS.values():
 _LABEL = re.compile(
     rf"^[*\s]{{0,3}}(?P<label>{_alternation(_LABEL_KINDS, escape=True)})[*\s]{{0,3}}[:：]"
     r"(?P<value>.*)$",
-    re.I,
+    re.IGNORECASE,
 )
 _SEPARATOR = re.compile(
     rf"^[\s*_=>#-]{{0,40}}\[?(?:{_alternation(_flatten(patterns.ORIGINAL_MESSAGE), True)}"
     rf"|{_alternation(patterns.REPLY_ABOVE, True)})\]?"
     r"[\s*_=#.!-]{0,40}:?$",
-    re.I,
+    re.IGNORECASE,
 )
 # Outlook's line of underscores (or a long rule) is history only above a header block or
 # a list footer; elsewhere it is the sender's own layout.
 _RULE = re.compile(r"^[_\u2014\u2015\u2500\u2501-]{20,}$")
-_LIST_FOOTER = re.compile(r"mailing list|listinfo|mailman|unsubscribe|abmelden|désinscri", re.I)
+_LIST_FOOTER = re.compile(
+    r"mailing list|listinfo|mailman|unsubscribe|abmelden|désinscri", re.IGNORECASE
+)
 _FORWARD = re.compile(
     rf"^[\s*_=>-]{{0,40}}(?:{_alternation(_flatten(patterns.FORWARDED), True)})"
     r"[\s*_=-]{0,40}[:：]?$",
-    re.I,
+    re.IGNORECASE,
 )
 _SENT_FROM = re.compile(
     rf"^[(<\[]{{0,2}}(?:{_alternation(_flatten(patterns.SENT_FROM), escape=False)})"
@@ -138,14 +142,14 @@ _SENT_FROM = re.compile(
     rf"(?:[.,;]?\s{{1,3}}(?:{_alternation(patterns.SENT_FROM_APOLOGY, escape=False)})\b.{{0,60}})?$"
     rf"|^(?:\S{{1,40}}\s?){{1,4}}(?:{_alternation(_flatten(patterns.SENT_FROM_SUFFIX), False)})"
     r"\.?$",
-    re.I,
+    re.IGNORECASE,
 )
 _SIGN_OFF = re.compile(
     rf"^(?:{_alternation(_flatten(patterns.SIGN_OFFS), escape=True)})"
     r"(?P<punct>\s?[,.!…:;–-]{0,3})"
     rf"(?:\s?/\s?(?:{_alternation(_flatten(patterns.SIGN_OFFS), escape=True)})[,.!]?)?"
     r"(?:\s(?P<name>[^\W\d_][\w.'’-]{0,30}(?:\s[^\W\d_][\w.'’-]{0,30}){0,2}))?\s?[.!]?$",
-    re.I,
+    re.IGNORECASE,
 )
 _SIGNATURE_SEPARATORS = frozenset(s.strip() for s in patterns.SIGNATURE_SEPARATORS)
 _DASH_NAME = re.compile(patterns.DASH_NAME)
@@ -154,10 +158,12 @@ _OWN_ANGLES = re.compile(r"^>+[\s>]*(?:https?://|www\.)\S{1,2000}\s*<+$")  # >>>
 _SENTENCE_END = re.compile(r"[.?!:;]$")
 _LIST_ITEM = re.compile(r"^(?:[-*•–]\s|\d{1,2}[.)]\s)")
 _OTHER_HEADER = re.compile(
-    "^(?:" + "|".join(f"(?:{h})" for h in patterns.OTHER_HEADERS) + ")$", re.I
+    "^(?:" + "|".join(f"(?:{h})" for h in patterns.OTHER_HEADERS) + ")$", re.IGNORECASE
 )
 _URL_TAIL = re.compile(r"<(?:https?://|mailto:)[^<>\s]{0,300}>|\[([^\]]{1,80})\]\([^)\s]{1,300}\)")
-_OPEN_LINK = re.compile(r"<(?:https?://|mailto:|www\.)[^<>\s]{0,300}$")  # "See <http://x" + "> more"
+_OPEN_LINK = re.compile(
+    r"<(?:https?://|mailto:|www\.)[^<>\s]{0,300}$"
+)  # "See <http://x" + "> more"
 _LINK_PIECE = re.compile(r"://|^[^\s]{1,120}\)$|\s>$")
 
 ATTRIBUTION, BLOCK, SEPARATOR, FORWARD = "attribution", "block", "separator", "forward"
@@ -258,7 +264,9 @@ class _Lines:
             if j is not None and not self.quoted[j]:
                 if _LABEL.match(self.probes[j]) or self._single(j):
                     return SEPARATOR
-                if any(_LIST_FOOTER.search(self.probes[k]) for k in range(j, min(self.count, j + 4))):
+                if any(
+                    _LIST_FOOTER.search(self.probes[k]) for k in range(j, min(self.count, j + 4))
+                ):
                     return SEPARATOR
             return None
         if _FORWARD.match(probe):
@@ -301,9 +309,9 @@ class _Lines:
             if not self.probes[j] or self.quoted[j]:
                 return None
             bare = _WRAPPERS.sub("", self.probes[j])
-            if _LABEL.match(bare) or _LEAD.match(bare) or _DATE_START.match(bare):
-                if self._single(j) or self._block_end(j) is not None:
-                    return None  # line j starts a header itself: this line is the sender's
+            starts = _LABEL.match(bare) or _LEAD.match(bare) or _DATE_START.match(bare)
+            if starts and (self._single(j) or self._block_end(j) is not None):
+                return None  # line j starts a header itself: this line is the sender's
             text = f"{text} {self.probes[j]}"
             if len(text) > _JOIN_CHARS:
                 return None
@@ -393,7 +401,7 @@ def _sender_names(sender_name: str) -> tuple[str, str] | None:
 
 
 def _starts_with_name(probe: str, names: tuple[str, str]) -> bool:
-    words = [w.strip(".,|") .lower() for w in probe.split()[:4]]
+    words = [w.strip(".,|").lower() for w in probe.split()[:4]]
     first, last = names
     if not words or words[0] != first:
         return False

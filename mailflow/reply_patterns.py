@@ -221,13 +221,21 @@ ORIGINAL_MESSAGE: dict[str, tuple[str, ...]] = {
 # Markers that trackers and help desks put in their emails (Redmine, Zammad, Zendesk,
 # Jira style): whatever is below is the email they sent.
 REPLY_ABOVE: tuple[str, ...] = (
-    "Reply above this line", "Please reply above this line", "Type your reply above this line",
-    "Please type your reply above this line", "Please do not type below this line",
-    "Do not reply below this line", "Please do not write below this line",
-    "Write above this line", "Antworten Sie bitte oberhalb dieser Zeile",
-    "Bitte oberhalb dieser Zeile antworten", "Répondez au-dessus de cette ligne",
-    "Veuillez répondre au-dessus de cette ligne", "Responda por encima de esta línea",
-    "Rispondi sopra questa riga", "Antwoord boven deze lijn",
+    "Reply above this line",
+    "Please reply above this line",
+    "Type your reply above this line",
+    "Please type your reply above this line",
+    "Please do not type below this line",
+    "Do not reply below this line",
+    "Please do not write below this line",
+    "Write above this line",
+    "Antworten Sie bitte oberhalb dieser Zeile",
+    "Bitte oberhalb dieser Zeile antworten",
+    "Répondez au-dessus de cette ligne",
+    "Veuillez répondre au-dessus de cette ligne",
+    "Responda por encima de esta línea",
+    "Rispondi sopra questa riga",
+    "Antwoord boven deze lijn",
 )
 
 # Forwards: the sender's own text above one is kept; the forwarded message is not theirs
@@ -299,8 +307,18 @@ SENT_FROM: dict[str, tuple[str, ...]] = {
 
 # After the device, phones may apologise: "Sent from my phone, please excuse any typos."
 SENT_FROM_APOLOGY: tuple[str, ...] = (
-    r"please excuse", r"excuse", r"pardon", r"sorry", r"apologies", r"bitte entschuldigen",
-    r"entschuldigen Sie", r"excusez", r"disculpe", r"disculpa", r"scusate", r"scusa",
+    r"please excuse",
+    r"excuse",
+    r"pardon",
+    r"sorry",
+    r"apologies",
+    r"bitte entschuldigen",
+    r"entschuldigen Sie",
+    r"excusez",
+    r"disculpe",
+    r"disculpa",
+    r"scusate",
+    r"scusa",
 )
 
 # Languages that put the device first: "iPhoneから送信", "iPhone'umdan gönderildi".
