@@ -267,7 +267,9 @@ FORWARDED: dict[str, tuple[str, ...]] = {
 # "Sent from my desk, is much easier than my phone." stays the sender's text.
 SENT_FROM: dict[str, tuple[str, ...]] = {
     "en": (r"Sent from my", r"Sent from", r"Sent via", r"Sent with", r"Sent using",
-           r"Sent by", r"Get Outlook for", r"From my", r"\w+ from mobile"),
+           r"Sent by", r"Get Outlook for",
+           r"From my (?:i\w+|Android|mobile|phone|cell|tablet|Samsung|Galaxy|BlackBerry)",
+           r"\w+ from mobile"),
     "fr": (r"Envoyé de mon", r"Envoyé depuis", r"Envoyé à partir de", r"Envoyé avec",
            r"Télécharger Outlook pour", r"Obtenir Outlook pour"),
     "de": (r"Von meinem", r"Gesendet von", r"Gesendet mit", r"Gesendet vom",
@@ -281,7 +283,7 @@ SENT_FROM: dict[str, tuple[str, ...]] = {
            r"Outlook voor"),
     "sv": (r"Skickat från min", r"Skickat från", r"Hämta Outlook för", r"från min"),
     "da": (r"Sendt fra min", r"Sendt fra", r"Hent Outlook til", r"Hent Outlook for"),
-    "fi": (r"Lähetetty", r"Hanki Outlook"),
+    "fi": (r"Lähetetty(?= [\w-]+(?:sta|stä)\b)", r"Hanki Outlook"),  # "Lähetetty iPhonesta"
     "pl": (r"Wysłano z", r"Wysłane z", r"Pobierz aplikację Outlook"),
     "cs": (r"Odesláno z", r"Odesláno ze"),
     "sk": (r"Odoslané z", r"Odoslané zo"),
