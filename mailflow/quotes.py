@@ -156,6 +156,8 @@ _DASH_NAME = re.compile(patterns.DASH_NAME)
 _DELIMITER_LINE = re.compile(r"^[-_=*~#+—–.]{2,}$")
 _OWN_ANGLES = re.compile(r"^>+[\s>]*(?:https?://|www\.)\S{1,2000}\s*<+$")  # >>> http://x <<<
 _SENTENCE_END = re.compile(r"[.?!:;]$")
+_DISCLAIMER = re.compile(f"^(?:{_alternation(patterns.DISCLAIMERS, escape=False)})")
+_BANNER = re.compile(f"^(?:{_alternation(patterns.BANNERS, escape=False)})", re.IGNORECASE)
 _LIST_ITEM = re.compile(r"^(?:[-*•–]\s|\d{1,2}[.)]\s)")
 _OTHER_HEADER = re.compile(
     "^(?:" + "|".join(f"(?:{h})" for h in patterns.OTHER_HEADERS) + ")$", re.IGNORECASE
@@ -445,8 +447,15 @@ def _strip_signature(
     lines: list[str], sender: tuple[str, str] | None, soft: bool, below: bool = False
 ) -> list[str]:
     """One stretch of the sender's text without its signature."""
+    first = next((k for k, line in enumerate(lines) if line.strip()), None)
+    if first is not None and not below and _BANNER.match(_probe(lines[first])):
+        end = next((k for k in range(first, len(lines)) if not lines[k].strip()), len(lines))
+        lines = lines[end:]  # the gateway's warning paragraph on top
     for k, line in enumerate(lines):
         probe = _probe(line)
+        if k and not lines[k - 1].strip() and _DISCLAIMER.match(probe):
+            lines = lines[:k]  # a legal footer in a paragraph of its own
+            break
         if line.rstrip() in _SIGNATURE_SEPARATORS or (
             probe in _SIGNATURE_SEPARATORS and len(probe) <= 3
         ):

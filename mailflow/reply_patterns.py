@@ -384,6 +384,34 @@ SIGN_OFFS: dict[str, tuple[str, ...]] = {
     "ko": ("감사합니다", "고맙습니다"),
 }  # fmt: skip
 
+# --- legal footers and gateway banners ---
+#
+# A confidentiality footer below the sender's text ends it, like a signature (it starts a
+# paragraph of its own). A warning banner a mail gateway puts on top of the body ("CAUTION:
+# This email originated from outside …") is not the sender's either: that paragraph goes.
+DISCLAIMERS: tuple[str, ...] = (
+    r"CONFIDENTIALITY NOTICE",
+    r"CONFIDENTIALITY:",
+    r"Confidentiality Notice",
+    r"Disclaimer:",
+    r"DISCLAIMER",
+    r"This e-?mail and any (?:files|attachments)",
+    r"This (?:e-?mail|message) (?:is confidential|contains confidential|may contain)",
+    r"The information (?:contained )?in this (?:e-?mail|message)",
+    r"Diese E-Mail (?:enthält|kann) vertrauliche",
+    r"Ce (?:message|courriel) (?:et|est)",
+    r"Este (?:mensaje|correo) (?:y sus|es confidencial|contiene)",
+    r"Questo messaggio e i suoi allegati",
+    r"Deze e-mail (?:kan|is) vertrouwelijk",
+)
+BANNERS: tuple[str, ...] = (
+    r"CAUTION: This (?:e-?mail|message) originated from outside",
+    r"\[?EXTERNAL\]?(?: EMAIL| MESSAGE)?:? (?:This|Do not|Use caution)",
+    r"WARNING: This (?:e-?mail|message) originated from outside",
+    r"ACHTUNG: Diese E-Mail stammt von außerhalb",
+    r"ATTENTION : Ce courriel provient de l'extérieur",
+)
+
 # --- signature separators ---
 #
 # "-- " (RFC 3676), and the "--", "---", "__" people type instead: everything below is the
