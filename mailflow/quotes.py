@@ -403,11 +403,17 @@ def _sender_names(sender_name: str) -> tuple[str, str] | None:
 
 
 def _starts_with_name(probe: str, names: tuple[str, str]) -> bool:
-    words = [w.strip(".,|").lower() for w in probe.split()[:4]]
+    """The line is the sender's name, alone or before a title: "Jim Smith | SRE", "Jim B. Smith"."""
+    words = probe.split()
+    bare = [w.strip(".,|").lower() for w in words]
     first, last = names
-    if not words or words[0] != first:
+    if not bare or bare[0] != first:
         return False
-    return first == last or last in words or len(words) == 1
+    end = 1
+    if first != last and last in bare[1:4]:
+        end = bare.index(last, 1) + 1
+    rest = " ".join(words[end:]).strip()
+    return not rest or rest[0] in "|,-–—/(" or words[end - 1].endswith(",")
 
 
 def _strip_tail(lines: list[str], sender: tuple[str, str] | None, below: bool) -> list[str]:
