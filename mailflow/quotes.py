@@ -163,9 +163,8 @@ _OTHER_HEADER = re.compile(
     "^(?:" + "|".join(f"(?:{h})" for h in patterns.OTHER_HEADERS) + ")$", re.IGNORECASE
 )
 _URL_TAIL = re.compile(r"<(?:https?://|mailto:)[^<>\s]{0,300}>|\[([^\]]{1,80})\]\([^)\s]{1,300}\)")
-_OPEN_LINK = re.compile(
-    r"<(?:https?://|mailto:|www\.)[^<>\s]{0,300}$"
-)  # "See <http://x" + "> more"
+# "See <http://x" + "> more": a link broken over two lines, not a quote.
+_OPEN_LINK = re.compile(r"<(?:https?://|mailto:|www\.)[^<>\s]{0,300}$")
 _LINK_PIECE = re.compile(r"://|^[^\s]{1,120}\)$|\s>$")
 
 ATTRIBUTION, BLOCK, SEPARATOR, FORWARD = "attribution", "block", "separator", "forward"
