@@ -153,6 +153,7 @@ _SIGN_OFF = re.compile(
 )
 _SIGNATURE_SEPARATORS = frozenset(s.strip() for s in patterns.SIGNATURE_SEPARATORS)
 _DASH_NAME = re.compile(patterns.DASH_NAME)
+_DASH_RULE = re.compile(r"^-{2,}$")
 _DELIMITER_LINE = re.compile(r"^[-_=*~#+—–.]{2,}$")
 _OWN_ANGLES = re.compile(r"^>+[\s>]*(?:https?://|www\.)\S{1,2000}\s*<+$")  # >>> http://x <<<
 _SENTENCE_END = re.compile(r"[.?!:;]$")
@@ -461,8 +462,10 @@ def _strip_signature(
         if k and not lines[k - 1].strip() and _DISCLAIMER.match(probe):
             lines = lines[:k]  # a legal footer in a paragraph of its own
             break
-        if line.rstrip() in _SIGNATURE_SEPARATORS or (
-            probe in _SIGNATURE_SEPARATORS and len(probe) <= 3
+        if (
+            line.rstrip() in _SIGNATURE_SEPARATORS
+            or (probe in _SIGNATURE_SEPARATORS and len(probe) <= 3)
+            or _DASH_RULE.match(probe)  # a longer line of hyphens: "everything below is not mine"
         ):
             lines = lines[:k]
             break
