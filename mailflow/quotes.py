@@ -482,9 +482,8 @@ def _strip_signature(
 # --- the whole body ---
 
 
-def _stretches(text: str) -> tuple[list[tuple[list[str], bool]], str | None]:
-    """The sender's own stretches of lines, each with whether it follows quoted text; or
-    (…, forward) when the body is a forward with nothing above it."""
+def _stretches(text: str) -> list[tuple[list[str], bool]]:
+    """The sender's own stretches of lines, each with whether it follows quoted text."""
     lines = _Lines(text)
     stretches: list[tuple[list[str], bool]] = []
     current: list[str] = []
@@ -511,9 +510,18 @@ def _stretches(text: str) -> tuple[list[tuple[list[str], bool]], str | None]:
             current = []
         below = True
         if kind == FORWARD:
-            if not tidy(line for s, _ in stretches for line in s):
-                return [], tidy(lines.lines[i:])  # nothing above: the forward is the message
-            break
+            if tidy(line for s, _ in stretches for line in s):
+                break  # the sender's text above the forward is theirs; the forward is not
+            # Nothing above: the forward is what they sent, with its own header block; what
+            # it quotes in turn is still history.
+            current.extend(lines.lines[i : end + 1])
+            i = end + 1
+            j = lines.next_filled(i)
+            block_end = lines._block_end(j) if j is not None else None
+            if block_end is not None:
+                current.extend(lines.lines[i : block_end + 1])
+                i = block_end + 1
+            continue
         j = lines.next_filled(end + 1)
         if j is None:
             break
@@ -525,7 +533,7 @@ def _stretches(text: str) -> tuple[list[tuple[list[str], bool]], str | None]:
         i = j
     if current:
         stretches.append((current, below))
-    return stretches, None
+    return stretches
 
 
 _QP_SOFT_BREAK = re.compile(r"=\n")
@@ -544,9 +552,7 @@ def _undo_quoted_printable(text: str) -> str:
 
 def _extract(body: str, sender_name: str = "") -> str:
     text = _undo_quoted_printable(_clean_text(str(body))[:MAX_TEXT_CHARS])
-    stretches, forward = _stretches(text)
-    if forward is not None:
-        return forward
+    stretches = _stretches(text)
     sender = _sender_names(sender_name)
     for soft in (True, False):
         own = tidy(
