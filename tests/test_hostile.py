@@ -845,7 +845,9 @@ def _norm(text: str) -> str:
 
 
 def _quoted_body(quoted: list[str]) -> str:
-    return "".join(f"> {q}\n" for q in "\n".join(quoted).split("\n"))
+    # Every line a mail client would show gets its "> " (a lone CR breaks a line too):
+    # unquoted text below a quote is a bottom-posted answer, and is kept.
+    return "".join(f"> {q}\n" for q in re.split(r"\r\n|\r|\n", "\n".join(quoted)))
 
 
 def _message(own: str, quoted: list[str], headers: list[tuple[str, str]], name: str,

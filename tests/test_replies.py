@@ -116,10 +116,10 @@ def test_outlook_german() -> None:
     assert_clean(reply)
     assert reply.sender == "jonas.becker@example.de"
     assert reply.subject == "AW: [INC-42] P1 checkout-api: complete downtime"
-    # A closing greeting is not a signature delimiter: it is kept, nothing is guessed away.
+    # A sign-off plus the name closing the reply is the signature ("Viele Grüße / Jonas").
     assert reply.text == (
         "Der Failover auf das Rechenzentrum Frankfurt ist abgeschlossen.\n"
-        "Die Fehlerrate liegt wieder unter 0,1 %.\n\nViele Grüße\nJonas"
+        "Die Fehlerrate liegt wieder unter 0,1 %."
     )
     # Word HTML has no divRplyFwdMsg: the Von/Gesendet block is cut as text.
     assert extract_text(html_to_text(html_part("outlook_de.eml"))) == reply.text
@@ -632,7 +632,9 @@ def _words(text: str) -> set[str]:
 @_FAST
 @given(_OWN_WORDS, st.text(max_size=300))
 def test_quoted_words_never_leak(own: str, quoted: str) -> None:
-    body = own + _ATTRIBUTION + quoted
+    # Every quoted line carries its "> ": unquoted text below a quote is a bottom-posted
+    # answer, and is kept.
+    body = own + _ATTRIBUTION + "\n> ".join(quoted.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     only_quoted = _words(quoted) - _words(own)
     assert not _words(extract_text(body)) & only_quoted
     raw = (
