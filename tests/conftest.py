@@ -38,3 +38,14 @@ def app(project: Path) -> Iterator[Mailflow]:
     application = Mailflow(load_config(project / "mailflow.toml"))
     yield application
     application.close()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[object]:
+    """A real Dovecot IMAP server on a free loopback port, its config in a temp dir."""
+    from .dovecot import Dovecot
+
+    server = Dovecot()
+    server.start()
+    yield server
+    server.close()
