@@ -45,6 +45,7 @@ retry_for = "1d"                 # give up on a temporarily failing email after 
 # smtputf8 = false               # true: the relay takes non-ASCII addresses
 
 [inbound]
+mode = "smtp"                    # "imap": read replies from a mailbox instead (see [imap])
 host = "127.0.0.1"               # replies come in here; keep it on loopback behind your MTA
 port = 8025
 max_size = 10485760              # bytes; bigger replies get 552
@@ -59,6 +60,15 @@ max_parts = 1000                 # MIME parts in one message; more get 552
 max_recipients = 50              # RCPT TO per message; more get 452
 # username = "mta"               # with password: senders must AUTH (over TLS)
 # password = "..."
+
+# [imap]                         # with [inbound] mode = "imap"
+# host = "imap.example.org"
+# port = 993                     # default: 993 for tls = "implicit", else 143
+# tls = "implicit"               # "starttls", or "none" (loopback only)
+# username = "incidents@example.org"
+# password = "..."
+# folder = "INBOX"               # processed mail moves to mailflow/posted|refused|ignored
+# poll_every = "60s"             # when the server has no IDLE, and as a safety net
 
 [cadence]
 update_every = {{P0 = "30m", P1 = "1h", P2 = "4h", P3 = "1d"}}
@@ -88,6 +98,7 @@ class Outbound:
 class Inbound:
     """The SMTP server that receives replies."""
 
+    mode: str = "smtp"  # "imap": replies are read from the [imap] mailbox instead
     host: str = "127.0.0.1"
     port: int = 8025
     max_size: int = 10 * 1024 * 1024
@@ -103,6 +114,57 @@ class Inbound:
     idle_timeout: float = 60.0  # seconds a client may stay silent before it is disconnected
     max_parts: int = 1000  # MIME parts (nested multiparts included) in one message, else 552
     max_recipients: int = 50  # RCPT TO per message, else 452
+
+
+@dataclass(frozen=True)
+class Imap:
+    """The mailbox replies are read from when [inbound] mode = "imap"."""
+
+    host: str = ""
+    port: int = 993
+    tls: str = "implicit"  # implicit | starttls | none (loopback only)
+    username: str = ""
+    password: str = ""
+    folder: str = "INBOX"
+    poll_every: timedelta = timedelta(seconds=60)
+
+
+IMAP_TLS = ("implicit", "starttls", "none")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigError]) -> Imap:
+    """[imap], checked; required when [inbound] mode = "imap"."""
+    allowed = {"host", "port", "tls", "username", "password", "folder", "poll_every"}
+    for key, value in section.items():
+        if key not in allowed:
+            raise fail(f"imap.{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")
+        if key in ("port",) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise fail(f"imap.{key}", f"must be a whole number, got {value!r}")
+        if key not in ("port",) and not isinstance(value, str):
+            raise fail(f"imap.{key}", f"must be a string, got {value!r}")
+    tls = section.get("tls", "implicit")
+    if tls not in IMAP_TLS:
+        raise fail("imap.tls", f"{tls!r}: use one of {', '.join(IMAP_TLS)}")
+    host = section.get("host", "")
+    if tls == "none" and host not in LOOPBACK:
+        raise fail("imap.tls", "\"none\" would send the password in clear: only for a server "
+                               "on loopback; use \"implicit\" or \"starttls\"")
+    port = section.get("port", 993 if tls == "implicit" else 143)
+    if not 1 <= port <= 65535:
+        raise fail("imap.port", f"{port} is not a TCP port")
+    if mode == "imap":
+        for key in ("host", "username", "password"):
+            if not section.get(key):
+                raise fail(f"imap.{key}", "missing: [inbound] mode = \"imap\" needs the "
+                                          "mailbox's host, username and password")
+    try:
+        poll_every = parse_duration(section.get("poll_every", "60s"), what="imap.poll_every")
+    except InvalidInput as exc:
+        raise fail("imap.poll_every", str(exc).split(": ", 1)[1]) from None
+    return Imap(host=host, port=port, tls=tls, username=section.get("username", ""),
+                password=section.get("password", ""), folder=section.get("folder", "INBOX"),
+                poll_every=poll_every)
 
 
 @dataclass(frozen=True)
@@ -137,6 +199,7 @@ class Config:
     outbound: Outbound = field(default_factory=Outbound)
     inbound: Inbound = field(default_factory=Inbound)
     cadence: Cadence = field(default_factory=Cadence)
+    imap: Imap = field(default_factory=Imap)
     allow_local_domains: bool = False  # addresses at dotless domains (ana@localhost): local tests
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
@@ -159,10 +222,10 @@ class Config:
 
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
-        "outbound", "inbound", "cadence", "allow_local_domains"}
+        "outbound", "inbound", "cadence", "allow_local_domains", "imap"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
         "cafile", "smtputf8"}
-_IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
+_IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
        "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout", "max_parts",
        "max_recipients"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
@@ -296,6 +359,10 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if max_size < 1024:
         raise fail("inbound.max_size", "must be at least 1024 bytes")
     limits = _inbound_limits(inb, max_size, fail)
+    mode = get(inb, "mode", str, "smtp", "inbound.")
+    if mode not in ("smtp", "imap"):
+        raise fail("inbound.mode", f"{mode!r}: use \"smtp\" (the built-in server) or \"imap\"")
+    imap = _imap(get(data, "imap", dict, {}), mode, fail)
     templates = data.get("templates")
     # The secret is all that stands between a stranger and a valid reply token.
     if "secret" not in data:
@@ -374,6 +441,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             smtputf8=get(out, "smtputf8", bool, False, "outbound."),
         ),
         inbound=Inbound(
+            mode=mode,
             host=get(inb, "host", str, "127.0.0.1", "inbound."),
             port=port_in,
             max_size=max_size,
@@ -391,4 +459,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             handover_after=duration(cad.get("handover_after", "7h"), "cadence.handover_after"),
         ),
         allow_local_domains=get(data, "allow_local_domains", bool, False),
+        imap=imap,
     )

@@ -233,16 +233,24 @@ class InboundHandler:
         return self._process(envelope, None)[0]
 
     def _process(self, envelope: Envelope, budget: _Budget | None) -> tuple[str, bool]:
-        raw = envelope.original_content or b""
-        mail_from = envelope.mail_from or ""
+        return self.process(envelope.original_content or b"", envelope.mail_from or "",
+                            list(envelope.rcpt_tos), budget)
+
+    def process(self, raw: bytes, mail_from: str | None, rcpt_tos: list[str],
+                budget: _Budget | None = None) -> tuple[str, bool]:
+        """Apply one message to the incidents its recipients name, in one transaction:
+        (SMTP-style answer, whether mail was queued). Any transport calls this; None as
+        `mail_from` means the envelope sender is unknown (mail read from a mailbox)."""
+        envelope_from = mail_from
+        mail_from = mail_from or ""
         max_parts = self.limits.max_parts
         if count_parts(raw, max_parts) > max_parts:
             log.info("message from %s refused: more than %d MIME parts", mail_from or "<>",
                      max_parts)
             return smtp_answer(552, f"5.3.4 too many MIME parts (at most {max_parts})"), False
-        reply = parse_reply(raw, envelope_from=mail_from)
+        reply = parse_reply(raw, envelope_from=envelope_from)
         targets: list[str | int] = []
-        for address in envelope.rcpt_tos:
+        for address in rcpt_tos:
             target = self.target(address)
             if target is None:
                 targets.append(address)  # the secret rotated out since RCPT: unknown below

@@ -50,3 +50,14 @@ def inbound(app: Mailflow) -> Iterator[Any]:
     server.server.start()
     yield server
     server.server.stop()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[object]:
+    """A real Dovecot IMAP server on a free loopback port, its config in a temp dir."""
+    from .dovecot import Dovecot
+
+    server = Dovecot()
+    server.start()
+    yield server
+    server.close()
