@@ -140,7 +140,9 @@ _SENT_FROM = re.compile(
     r"(?:\s[^\s,;:]{1,40}|(?<=[\u3000-\u9fff])[^\s,;:]{1,40})(?:\s[^\s,;:]{1,40}){0,5}"
     r"\s?[.!)>\]]{0,3}"
     rf"(?:[.,;]?\s{{1,3}}(?:{_alternation(patterns.SENT_FROM_APOLOGY, escape=False)})\b.{{0,60}})?$"
-    rf"|^(?:\S{{1,40}}\s?){{1,4}}(?:{_alternation(_flatten(patterns.SENT_FROM_SUFFIX), False)})"
+    # Words are split by the spaces, never by backtracking (a 200-character word would
+    # otherwise be tried in every split); a suffix may be glued to the last word (iPhoneから送信).
+    rf"|^(?:(?:\S{{1,40}}\s){{1,4}}|(?:\S{{1,40}}\s){{0,3}}\S{{1,40}}?)(?:{_alternation(_flatten(patterns.SENT_FROM_SUFFIX), False)})"
     r"\.?$",
     re.IGNORECASE,
 )
