@@ -413,8 +413,10 @@ def close(state: State, ref: str, note: str, author: str) -> None:
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "show_all", is_flag=True, help="Include resolved incidents.")
+@click.option("--drafts", is_flag=True, help="Include drafts opened by alerts (and dismissed "
+                                             "ones with --all).")
 @pass_state
-def list_(state: State, as_json: bool, show_all: bool) -> None:
+def list_(state: State, as_json: bool, show_all: bool, drafts: bool) -> None:
     """List incidents (open ones unless --all).
 
     \b
@@ -425,6 +427,9 @@ def list_(state: State, as_json: bool, show_all: bool) -> None:
     q = Incident.select().order_by(Incident.id.desc())
     if not show_all:
         q = q.where(Incident.status != "resolved")
+    # Drafts from alerts are not incidents until declared (nor dismissed ones ever).
+    hidden = () if drafts and show_all else ("dismissed",) if drafts else ("draft", "dismissed")
+    q = q.where(Incident.status.not_in(hidden)) if hidden else q
     rows = [{
         "ref": i.ref, "status": i.status, "severity": i.severity, "impact": i.impact,
         "service": i.service, "summary": i.summary, "lead": i.lead,
@@ -678,6 +683,14 @@ def postmortem(state: State, ref: str, out: Path | None, done: bool, author: str
 
 
 cli.add_command(contacts)
+
+
+def _register_alerts() -> None:
+    from .alerts_cli import alert
+    cli.add_command(alert)
+
+
+_register_alerts()
 
 
 def main() -> None:

@@ -183,6 +183,73 @@ class Cadence:
 
 
 @dataclass(frozen=True)
+class Http:
+    """The HTTP listener for alert webhooks and one-click unsubscribes (off by default)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8026
+    token: str = ""  # the bearer token alert senders must present
+    public_url: str = ""  # how subscribers reach it, for the one-click unsubscribe URL
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """How alerts become draft incidents."""
+
+    default_service: str = ""  # for alerts without a `service` label
+    remind_after: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    """Where the static status page is written, and what runs after each write."""
+
+    dir: Path | None = None
+    title: str = "Service status"
+    after_write: str = ""
+    after_write_timeout: float = 120.0
+
+
+def _extras(data: dict[str, Any], base: Path, fail: Any, get: Any,
+            check_keys: Any) -> dict[str, Any]:
+    """The [http], [alerts] and [status] sections."""
+    http = get(data, "http", dict, {})
+    alerts = get(data, "alerts", dict, {})
+    status = get(data, "status", dict, {})
+    check_keys(http, {"enabled", "host", "port", "token", "public_url"}, "http.")
+    check_keys(alerts, {"default_service", "remind_after"}, "alerts.")
+    check_keys(status, {"dir", "title", "after_write", "after_write_timeout"}, "status.")
+    enabled = get(http, "enabled", bool, False, "http.")
+    token = get(http, "token", str, "", "http.")
+    if enabled and len(token) < 16:
+        raise fail("http.token", "alert senders must present a bearer token: set 16+ random "
+                                 "characters (e.g. `python -c 'import secrets; "
+                                 "print(secrets.token_hex(24))'`)")
+    port = get(http, "port", int, 8026, "http.")
+    if not 0 <= port <= 65535:
+        raise fail("http.port", f"{port} is not a TCP port")
+    try:
+        remind = parse_duration(str(alerts.get("remind_after", "10m")))
+    except InvalidInput as exc:
+        raise fail("alerts.remind_after", str(exc)) from None
+    folder = get(status, "dir", str, "", "status.")
+    return {
+        "http": Http(enabled=enabled, host=get(http, "host", str, "127.0.0.1", "http."),
+                     port=port, token=token,
+                     public_url=get(http, "public_url", str, "", "http.").rstrip("/")),
+        "alerts": Alerts(default_service=get(alerts, "default_service", str, "", "alerts."),
+                         remind_after=remind),
+        "status": StatusPage(
+            dir=(base / folder).resolve() if folder else None,
+            title=get(status, "title", str, "Service status", "status."),
+            after_write=get(status, "after_write", str, "", "status."),
+            after_write_timeout=float(get(status, "after_write_timeout", (int, float), 120,
+                                          "status."))),
+    }
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything mailflow needs to know, resolved to absolute paths."""
 
@@ -201,6 +268,9 @@ class Config:
     cadence: Cadence = field(default_factory=Cadence)
     imap: Imap = field(default_factory=Imap)
     allow_local_domains: bool = False  # addresses at dotless domains (ana@localhost): local tests
+    http: Http = field(default_factory=Http)
+    alerts: Alerts = field(default_factory=Alerts)
+    status: StatusPage = field(default_factory=StatusPage)
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -222,7 +292,8 @@ class Config:
 
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
-        "outbound", "inbound", "cadence", "allow_local_domains", "imap"}
+        "outbound", "inbound", "cadence", "allow_local_domains", "imap", "http", "alerts",
+        "status"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
         "cafile", "smtputf8"}
 _IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
@@ -460,4 +531,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         ),
         allow_local_domains=get(data, "allow_local_domains", bool, False),
         imap=imap,
+        **_extras(data, base, fail, get, check_keys),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import schedule
 
-from . import clock
+from . import clock, httpapi
 from .app import Mailflow
 from .errors import MailflowError
 from .inbound import Gate, InboundHandler, listen
@@ -52,6 +52,7 @@ class Daemon:
         self.tick_seconds = tick_seconds
         self.now = now
         self.port = 0
+        self.http: httpapi.Listener | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload = False
@@ -112,6 +113,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         log.info("listening for replies on %s:%d", cfg.inbound.host, self.port)
+        # Alert webhooks and one-click unsubscribes ([http] enabled), in this same loop.
+        self.http = await httpapi.start(self.app, self.now, on_queued=self._wake.set)
         sd_notify(f"READY=1\nSTATUS=listening on {cfg.inbound.host}:{self.port}")
 
         # `schedule` paces the tick; the event lets a posted reply be sent at once.
@@ -144,6 +147,8 @@ class Daemon:
         sd_notify("STOPPING=1")
         log.info("stopping: no new connections; finishing the transaction in flight")
         server.close()
+        if self.http is not None:
+            await self.http.close()
         for _ in range(300):  # up to 30 s for a DATA being committed
             if handler.in_flight == 0:
                 break

@@ -215,12 +215,71 @@ def _m0005_outbox_expires_at(db: Database, migrator: SchemaMigrator) -> None:
     _add_column(db, migrator, "outmessage", "expires_at", DateTimeField(null=True))
 
 
+def _m0006_alerts_status_subscribers(db: Database, migrator: SchemaMigrator) -> None:
+    """Alerts that open drafts, the status page's updates, and email subscribers."""
+
+    class Base(Model):
+        class Meta:
+            database = db
+
+    class Incident(Base):
+        id = AutoField()
+
+        class Meta:
+            table_name = "incident"
+
+    class Alert(Base):
+        id = AutoField()
+        key = CharField(index=True)
+        source = CharField()
+        incident = ForeignKeyField(Incident, null=True, on_delete="CASCADE")
+        status = CharField()
+        summary = TextField()
+        labels = TextField()
+        first_at = DateTimeField()
+        last_at = DateTimeField()
+        count = IntegerField()
+
+        class Meta:
+            table_name = "alert"
+
+    class StatusUpdate(Base):
+        id = AutoField()
+        incident = ForeignKeyField(Incident, on_delete="CASCADE")
+        at = DateTimeField()
+        kind = CharField()
+        status = CharField()
+        text = TextField()
+        public_text = TextField(null=True)
+        published_at = DateTimeField(null=True)
+        published_by = CharField()
+
+        class Meta:
+            table_name = "statusupdate"
+
+    class Subscriber(Base):
+        id = AutoField()
+        email = CharField()
+        service = CharField()
+        status = CharField()
+        requested_at = DateTimeField()
+        confirmed_at = DateTimeField(null=True)
+        unsubscribed_at = DateTimeField(null=True)
+
+        class Meta:
+            table_name = "subscriber"
+            indexes = ((("email", "service"), True),)
+
+    db.create_tables([Alert, StatusUpdate, Subscriber], safe=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
     Migration("0003_outbox_claimed_by", _m0003_outbox_claimed_by),
     Migration("0004_reply_duplicate_index", _m0004_reply_duplicate_index),
     Migration("0005_outbox_expires_at", _m0005_outbox_expires_at),
+    Migration("0006_alerts_status_subscribers", _m0006_alerts_status_subscribers),
 ]
 
 

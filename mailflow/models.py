@@ -70,7 +70,7 @@ class Incident(BaseModel):
     lead_since = UTCDateTimeField(null=True)
     communicator = CharField(null=True)
     scribe = CharField(null=True)
-    status = CharField(default="open")  # open | follow-up (yellow) | resolved (green)
+    status = CharField(default="open")  # draft (from an alert) | dismissed | open | follow-up | resolved
     declared_at = UTCDateTimeField()
     resolved_at = UTCDateTimeField(null=True)
     closed_at = UTCDateTimeField(null=True)
@@ -190,7 +190,52 @@ class InMessage(BaseModel):
         indexes = ((("incident", "message_id"), False),)
 
 
-MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage]
+class Alert(BaseModel):
+    """An alert group from a monitoring system, and the draft (or incident) it opened."""
+
+    id = AutoField()
+    key = CharField(index=True)  # groupKey, fingerprint or `mailflow alert --key`
+    source = CharField()  # alertmanager | grafana | cli
+    incident = ForeignKeyField(Incident, null=True, backref="alerts", on_delete="CASCADE")
+    status = CharField(default="firing")  # firing | resolved
+    summary = TextField(default="")
+    labels = JSONField(default=dict)
+    first_at = UTCDateTimeField()
+    last_at = UTCDateTimeField()
+    count = IntegerField(default=1)
+
+
+class StatusUpdate(BaseModel):
+    """One communication as the status page shows it; external once published."""
+
+    id = AutoField()
+    incident = ForeignKeyField(Incident, backref="status_updates", on_delete="CASCADE")
+    at = UTCDateTimeField()
+    kind = CharField()  # start | update | solved
+    status = CharField()  # Statuspage's: investigating | identified | monitoring | resolved
+    text = TextField()  # what the internal page shows
+    public_text = TextField(null=True)  # what the external page shows, once published
+    published_at = UTCDateTimeField(null=True)
+    published_by = CharField(default="")
+
+
+class Subscriber(BaseModel):
+    """Someone who asked for a service's external updates by email (double opt-in)."""
+
+    id = AutoField()
+    email = CharField()
+    service = CharField()
+    status = CharField(default="pending")  # pending | active | unsubscribed
+    requested_at = UTCDateTimeField()
+    confirmed_at = UTCDateTimeField(null=True)
+    unsubscribed_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("email", "service"), True),)
+
+
+MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage, Alert, StatusUpdate,
+          Subscriber]
 
 
 def open_database(path: Path | str) -> SqliteDatabase:

@@ -45,6 +45,9 @@ def may_post(app: Mailflow, incident: Incident, sender: str) -> bool:
 def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, mail_from: str,
                  now: datetime) -> Outcome:
     """Apply one reply to one incident and commit; the caller answers SMTP with `code`."""
+    if incident.status == "draft":  # from an alert: `declare` or `dismiss` (alerts.py)
+        from . import alerts
+        return alerts.accept_reply(app, incident, reply, raw, mail_from, now)
     with inc.locked(app, incident):
         outcome = _apply(app, incident, reply, now)
         if outcome.code < 400:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from . import alerts
 from . import incidents as inc
 from .clock import format_duration, parse_duration
 from .errors import InvalidInput, MailflowError
@@ -171,6 +172,7 @@ HANDLERS: dict[str, Callable[[Mailflow, Incident, Due, datetime], bool]] = {
     "escalate": _escalate,
     "handover": _handover,
     "postmortem": _postmortem,
+    **alerts.DUE_HANDLERS,  # reminding the on-call person of an undeclared draft
 }
 
 
