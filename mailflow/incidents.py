@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 IMPACTS = {"outage": "complete downtime", "degraded": "degraded"}
 _IMPACT_ALIASES = {"outage": "outage", "downtime": "outage", "complete downtime": "outage",
                    "down": "outage", "degraded": "degraded", "degradation": "degraded"}
-# seeds/002: what each priority means and its target resolution time.
+# What each priority means and its target resolution time.
 SEVERITY_LABELS = {
     "P0": "P0 (critical; target resolution within 1 h)",
     "P1": "P1 (high; target resolution within 4 h)",
@@ -126,7 +126,7 @@ class Item:
 
 
 def facts_of(incident: Incident) -> dict[str, str]:
-    """The fields seeds/000 asks every communication to carry, as label → value."""
+    """The fields every communication carries, as label → value."""
     facts = {
         "Service": incident.service_title,
         "Scope": IMPACTS[incident.impact].capitalize(),
@@ -431,7 +431,7 @@ def post_update(app: Mailflow, incident: Incident, text: str, author: str,
         raise InvalidInput("update text is empty")
     entry = log(incident, now, "update", text, author=author, shown=True)
     if incident.scribe and incident.scribe != author:
-        # seeds/003: the scribe keeps the log, so they see every reply as it is posted.
+        # The scribe keeps the log, so they see every reply as it is posted.
         scribe = add_recipient(app, incident, incident.scribe, "as the incident scribe", now)
         communicate(app, incident, "notice", now, to=[scribe], marks_sent=False,
                     title=f"{author or 'someone'} posted to {incident.ref}",
@@ -610,7 +610,7 @@ ROLES = ("lead", "communicator", "scribe")
 @mutates
 def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
            **roles: str | None) -> None:
-    """Give a role to someone; a new lead restarts the handover clock (seeds/003, 004)."""
+    """Give a role to someone; a new lead restarts the handover clock."""
     require_open(incident)
     for role, value in roles.items():
         if role not in ROLES:
@@ -636,7 +636,7 @@ def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
 @mutates
 def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
                  author: str) -> Recipient:
-    """seeds/000: "add people to the email when there is one" — from the next email on."""
+    """Add people to the emails, from the next email on."""
     addr = check_address(address, "impacted address", rules_of(app.config))
     if addr not in incident.impacted:
         incident.impacted = [*incident.impacted, addr]

@@ -1,4 +1,4 @@
-"""The Markdown postmortem draft of a resolved incident, after the seeds/002 template.
+"""The Markdown postmortem draft of a resolved incident, following the usual postmortem template.
 
 mailflow fills what its timeline knows (times, people, updates, severity changes, earlier
 incidents of the service) and leaves `_TODO: ..._` prompts for what only people know.
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .app import Mailflow
 
 TEMPLATE = "postmortem.md"
-WHYS = ("1st", "2nd", "3rd", "4th", "5th")  # seeds/001: five whys reach a root cause
+WHYS = ("1st", "2nd", "3rd", "4th", "5th")  # five whys reach a root cause
 # Free text sits in "- " list items; continuation lines indented to the item's content
 # column stay inside the item, so they cannot start a block (heading, fence) of the document.
 ITEM_INDENT = "  "
@@ -198,7 +198,7 @@ def context(incident: Incident, now: datetime) -> dict[str, Any]:
 
 
 def draft(app: Mailflow, incident: Incident, now: datetime) -> str:
-    """The Markdown postmortem draft of a resolved incident (seeds/002 template)."""
+    """The Markdown postmortem draft of a resolved incident."""
     if incident.is_open or incident.resolved_at is None:
         raise InvalidInput(f"{incident.ref} is still open: resolve it first "
                            f"(`mailflow resolve {incident.ref} --steps ...`)")
