@@ -58,6 +58,8 @@ max_pending_bytes = 104857600    # bytes of DATA being received, all clients tog
 idle_timeout = 60                # seconds of client silence before disconnecting
 max_parts = 1000                 # MIME parts in one message; more get 552
 max_recipients = 50              # RCPT TO per message; more get 452
+receipts = "commands"            # receipt to the sender after commands or refusals; "always"
+send_now_every = "5m"            # `send now` by reply is honoured at most this often
 # username = "mta"               # with password: senders must AUTH (over TLS)
 # password = "..."
 
@@ -114,6 +116,9 @@ class Inbound:
     idle_timeout: float = 60.0  # seconds a client may stay silent before it is disconnected
     max_parts: int = 1000  # MIME parts (nested multiparts included) in one message, else 552
     max_recipients: int = 50  # RCPT TO per message, else 452
+    # Replies: who gets a receipt, and how often `send now` is honoured per incident.
+    receipts: str = "commands"  # "commands": after commands or refusals; "always": every reply
+    send_now_every: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -298,7 +303,7 @@ _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "time
         "cafile", "smtputf8"}
 _IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
        "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout", "max_parts",
-       "max_recipients"}
+       "max_recipients", "receipts", "send_now_every"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
 
 
@@ -323,6 +328,26 @@ def _inbound_limits(inb: dict[str, Any], max_size: int,
                        + (" (at least inbound.max_size)" if key == "max_pending_bytes" else ""))
         limits[key] = float(value) if isinstance(default, float) else value
     return limits
+
+
+RECEIPTS = ("commands", "always")
+
+
+def _reply_settings(inb: dict[str, Any], fail: Callable[[str, str], ConfigError]
+                    ) -> dict[str, Any]:
+    """[inbound] receipts and send_now_every."""
+    receipts = inb.get("receipts", "commands")
+    if receipts not in RECEIPTS:
+        raise fail("inbound.receipts", f"{receipts!r}: use \"commands\" (after replies with "
+                                       "commands or refusals) or \"always\"")
+    every = inb.get("send_now_every", "5m")
+    if not isinstance(every, str):
+        raise fail("inbound.send_now_every", f"must be a duration such as \"5m\", got {every!r}")
+    try:
+        send_now_every = parse_duration(every, what="send_now_every")
+    except InvalidInput as exc:
+        raise fail("inbound.send_now_every", str(exc)) from None
+    return {"receipts": receipts, "send_now_every": send_now_every}
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -430,6 +455,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if max_size < 1024:
         raise fail("inbound.max_size", "must be at least 1024 bytes")
     limits = _inbound_limits(inb, max_size, fail)
+    limits.update(_reply_settings(inb, fail))
     mode = get(inb, "mode", str, "smtp", "inbound.")
     if mode not in ("smtp", "imap"):
         raise fail("inbound.mode", f"{mode!r}: use \"smtp\" (the built-in server) or \"imap\"")

@@ -47,7 +47,7 @@ _KINDS = {
 }
 
 _TOP_KEYS = ("people", "lists", "services")
-_PERSON_KEYS = ("name", "email", "expertise", "timezone")
+_PERSON_KEYS = ("name", "email", "expertise", "timezone", "commands")
 _SERVICE_KEYS = ("title", "notify", "escalate", "expertise", "oncall")
 
 
@@ -70,6 +70,8 @@ class Person:
     email: str
     expertise: tuple[str, ...] = ()
     timezone: str | None = None
+    # False: may add text to incidents but not change them (unless given a role).
+    commands: bool = True
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ def _parse_people(check: _Checker, entry: tuple[Node, Node] | None) -> dict[str,
         email = _person_email(check, item, fields, name)
         expertise = _tags(check, fields.get("expertise"))
         tz_ok, timezone = _timezone(check, fields.get("timezone"))
+        commands = _commands(check, fields.get("commands"))
         if email is not None:
             where = fields["email"][1]
             seen = first_line.get(email.lower())
@@ -310,7 +313,7 @@ def _parse_people(check: _Checker, entry: tuple[Node, Node] | None) -> dict[str,
             first_line[email.lower()] = (_line(where), name or email)
         if name is None or email is None or not tz_ok:
             continue
-        people[email.lower()] = Person(name, email, expertise, timezone)
+        people[email.lower()] = Person(name, email, expertise, timezone, commands)
     return people
 
 
@@ -354,6 +357,17 @@ def _tags(check: _Checker, entry: tuple[Node, Node] | None) -> tuple[str, ...]:
         return ()
     tags = check.texts(entry[0], entry[1], "expertise", "[postgres, backups]")
     return tuple(dict.fromkeys(t for t, _ in tags))
+
+
+def _commands(check: _Checker, entry: tuple[Node, Node] | None) -> bool:
+    """`commands: false`: the person's replies add text but change nothing."""
+    if entry is None or _is_null(entry[1]):
+        return True
+    value = entry[1].value if isinstance(entry[1], ScalarNode) else None
+    if not isinstance(value, str) or value.lower() not in ("true", "false", "yes", "no"):
+        check.error(entry[1], "`commands:` must be true or false")
+        return True
+    return value.lower() in ("true", "yes")
 
 
 def _timezone(check: _Checker, entry: tuple[Node, Node] | None) -> tuple[bool, str | None]:

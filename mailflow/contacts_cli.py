@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,28 @@ def remove(ctx: click.Context, email: str) -> None:
     where = ["people"] if person else []
     where += [f"lists: {', '.join(lists)}"] if lists else []
     click.echo(f"removed {who} from {path} ({'; '.join(where)})")
+    refs = _off_open_incidents(ctx, email)
+    if refs:
+        click.echo(f"taken off {', '.join(refs)} (recipients and roles); their replies there "
+                   "are now refused")
+
+
+def _off_open_incidents(ctx: click.Context, email: str) -> list[str]:
+    """Take a removed person off every open incident: recipients, roles, impacted."""
+    from . import clock
+    from . import incidents as inc
+    from .app import Mailflow
+
+    config_path = getattr(ctx.obj, "config_path", None) or find_config(None)
+    config = load_config(Path(config_path))
+    if not config.database.exists():
+        return []  # no incidents yet
+    app = Mailflow(config)
+    try:
+        author = os.environ.get("MAILFLOW_USER") or os.environ.get("USER") or "cli"
+        return inc.remove_person(app, email, clock.now(), author)
+    finally:
+        app.close()
 
 
 @contacts.command()

@@ -6,13 +6,14 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
-from . import addresses
+from . import addresses, commands
 from .addresses import STRICT, Rules, rules_of
-from .clock import parse_duration
+from .clock import as_utc, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from .contacts import Service
 
 IMPACTS = {"outage": "complete downtime", "degraded": "degraded"}
-_IMPACT_ALIASES = {"outage": "outage", "downtime": "outage", "complete downtime": "outage",
-                   "down": "outage", "degraded": "degraded", "degradation": "degraded"}
 # What each priority means and its target resolution time.
 SEVERITY_LABELS = {
     "P0": "P0 (critical; target resolution within 1 h)",
@@ -38,8 +37,8 @@ SCHEDULE_KINDS = ("reminder", "mark")
 
 def check_severity(value: str) -> str:
     """Normalise "p1" to "P1"; anything else outside P0–P3 is refused."""
-    sev = str(value).strip().upper()
-    if sev not in SEVERITIES:
+    sev = commands.severity_of(value)  # the one table of spellings, shared with replies
+    if sev is None or sev not in SEVERITIES:
         raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} "
                            "(P0 critical … P3 low)")
     return sev
@@ -47,7 +46,7 @@ def check_severity(value: str) -> str:
 
 def check_impact(value: str) -> str:
     """"outage"/"downtime" → outage; "degraded" → degraded."""
-    impact = _IMPACT_ALIASES.get(str(value).strip().lower())
+    impact = commands.impact_of(value)
     if impact is None:
         raise InvalidInput(f"impact {value!r}: use outage (complete downtime) or degraded")
     return impact
@@ -152,7 +151,7 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
     first = incident.last_sent is None
     facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
     entries = (Entry.select().where((Entry.incident == incident)
-                                    & Entry.kind.in_(("update", "change", "handover")))
+                                    & Entry.kind.in_(("update", "change", "handover", "reopened")))
                .order_by(Entry.at, Entry.id))
     items = [Item(e.at, e.author, e.text, new=e.communicated_at is None) for e in entries]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
@@ -476,22 +475,202 @@ def send_update(app: Mailflow, incident: Incident, now: datetime) -> list[str]:
     return communicate(app, incident, "update", now)
 
 
+def when_text(at: datetime, tz: str | None = None) -> str:
+    """`2026-11-24 11:00 UTC`, with the time in `tz` added: `(12:00 Europe/Zurich)`."""
+    text = f"{as_utc(at):%Y-%m-%d %H:%M} UTC"
+    if tz and tz != "UTC":
+        local = as_utc(at).astimezone(ZoneInfo(tz))
+        day = "" if local.date() == as_utc(at).date() else f"{local:%Y-%m-%d} "
+        text += f" ({day}{local:%H:%M} {tz})"
+    return text
+
+
+def next_update_at(value: str, now: datetime, tz: str | None = None) -> datetime:
+    """When `next update: VALUE` means: `30m` from now, or `14:30` today in `tz` (UTC when
+    None; `14:30 UTC` is always UTC). A time already past today is refused, never taken
+    to mean tomorrow: a typo must not silence the stakeholders for a day."""
+    norm = commands.next_update_value(value)
+    m = re.fullmatch(r"(\d{2}):(\d{2})( UTC)?", norm)
+    if not m:
+        return now + parse_duration(norm, what="next update")
+    zone_name = "UTC" if m.group(3) or not tz else tz
+    local_now = as_utc(now).astimezone(ZoneInfo(zone_name))
+    at = local_now.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0,
+                           microsecond=0).astimezone(timezone.utc)
+    if at <= now:
+        raise InvalidInput(
+            f"{m.group(1)}:{m.group(2)} {zone_name} has already passed today (it is "
+            f"{local_now:%H:%M} {zone_name} on {local_now:%Y-%m-%d}): give a later time, or a "
+            "duration such as 30m")
+    return at
+
+
 @mutates
 def set_next_update(app: Mailflow, incident: Incident, value: str, now: datetime,
-                    author: str) -> datetime:
-    """`next update: 30m` or `next update: 14:30` (UTC) moves the next mark."""
+                    author: str, tz: str | None = None) -> datetime:
+    """`next update: 30m` or `next update: 14:30` (in `tz`, UTC if None) moves the next mark."""
     require_open(incident)
-    value = value.strip()
-    m = re.fullmatch(r"(\d{1,2}):(\d{2})(?:\s*utc)?", value, re.I)
-    if m:
-        at = now.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0, microsecond=0)
-        if at <= now:
-            at += timedelta(days=1)
-    else:
-        at = now + parse_duration(value, what="next update")
+    at = next_update_at(value, now, tz)
     schedule_mark(app, incident, at, now)
-    log(incident, now, "schedule", f"next communication moved to {at:%H:%M} UTC", author=author)
+    log(incident, now, "schedule", f"next communication moved to {when_text(at, tz)}",
+        author=author)
     return at
+
+
+# --- one action, one entry ----------------------------------------------------------------
+
+FIELD_LABELS = {"severity": "Severity", "impact": "Scope", "eta": "How long",
+                "started": "What has been started", "next_steps": "Next debugging steps",
+                "lead": "Lead", "communicator": "Communicator", "scribe": "Scribe",
+                "impacted": "Impacted"}
+FIELDS = ("severity", "impact", "eta", "started", "next_steps", *("lead", "communicator",
+                                                                  "scribe"))
+
+
+@dataclass
+class Action:
+    """What one update did: its one timeline entry, what changed, what was refused."""
+
+    entry: Entry | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (what was asked, why not)
+    next_comm_at: datetime | None = None
+
+    @property
+    def applied(self) -> list[str]:
+        """The changes as short labels: `Severity: P1 → P2`."""
+        return [change_label(c) for c in self.changes]
+
+
+def change_label(change: dict[str, Any]) -> str:
+    """One change in words: `Severity: P1 → P2`, `Impacted: + carol@example.org`."""
+    name = change["field"]
+    label = FIELD_LABELS.get(name, name)
+    if name == "next_update":
+        return f"Next communication: {change['text']}"
+    if name == "impacted":
+        return f"{label}: + {change['new']}"
+    old, new = change.get("old"), change.get("new")
+    if name == "impact":
+        old, new = IMPACTS.get(old or "", old), IMPACTS.get(new or "", new)
+    return f"{label}: {old or '—'} → {new}"
+
+
+def field_changes(entries: Iterable[Entry], name: str) -> list[tuple[Entry, dict[str, Any]]]:
+    """Every change of field `name` in these entries, old one-change entries included."""
+    found = []
+    for entry in entries:
+        data = entry.data or {}
+        changes = data.get("changes")
+        if changes is None and "field" in data:  # an entry written before one-entry actions
+            changes = [data]
+        for change in changes or []:
+            if change.get("field") == name:
+                found.append((entry, change))
+    return found
+
+
+@mutates
+def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, *,
+                 text: str = "", fields: dict[str, str | None] | None = None,
+                 impacted: Sequence[str] = (), next_update: str | None = None,
+                 tz: str | None = None, strict: bool = True, note: str = "") -> Action:
+    """One person's one action: text and any field, role, impacted or next-mark changes,
+    recorded as ONE timeline entry (their text first, the changes in one compact line).
+
+    `strict` (the CLI): any bad value refuses the whole action, nothing changed. Not
+    strict (a reply): each bad value is refused on its own (in `Action.refused`) and the
+    rest applies. `note` is added below the changes (e.g. lines posted as text only).
+    """
+    require_open(incident)
+    action = Action()
+    rules = rules_of(app.config)
+    planned: list[tuple[str, Any, Any]] = []
+    for name, value in (fields or {}).items():
+        if value is None:
+            continue
+        try:
+            if name == "severity":
+                new: Any = check_severity(value)
+            elif name == "impact":
+                new = check_impact(value)
+            elif name in ROLES:
+                new = check_address(value, name, rules)
+            elif name in FIELDS:
+                new = value.strip()
+            else:
+                raise InvalidInput(f"unknown field {name!r}")
+        except InvalidInput as exc:
+            action.refused.append((f"{name.replace('_', ' ')}: {value}", str(exc)))
+            continue
+        planned = [p for p in planned if p[0] != name]  # the last of two wins
+        if (getattr(incident, name) or "") != new:
+            planned.append((name, getattr(incident, name), new))
+    added: list[str] = []
+    for value in impacted:
+        try:
+            addr = check_address(value, "impacted address", rules)
+        except InvalidInput as exc:
+            action.refused.append((f"impacted: {value}", str(exc)))
+            continue
+        if addr not in incident.impacted and addr not in added:
+            added.append(addr)
+    at = None
+    if next_update:
+        try:
+            at = next_update_at(next_update, now, tz)
+        except InvalidInput as exc:
+            action.refused.append((f"next update: {next_update}", str(exc)))
+    text = text.strip()
+    if strict and action.refused:
+        raise InvalidInput(f"{action.refused[0][0]}: {action.refused[0][1]}")
+    for name, _old, new in planned:
+        setattr(incident, name, new)
+        if name in ROLES:
+            add_recipient(app, incident, new, f"as the incident {name}", now)
+            if name == "lead":
+                incident.lead_since = now
+    if added:
+        incident.impacted = [*incident.impacted, *added]
+        for addr in added:
+            add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
+    incident.save()
+    action.changes = [{"field": n, "old": o, "new": v} for n, o, v in planned]
+    action.changes += [{"field": "impacted", "new": a} for a in added]
+    names = {n for n, _, _ in planned}
+    if "severity" in names:
+        schedule_escalations(app, incident, now)
+        # The cadence follows the new severity from now on. A mark already announced is
+        # kept if it comes sooner: stakeholders were told to expect it.
+        sooner = now + update_every(app, incident)
+        if incident.next_comm_at is None or sooner < incident.next_comm_at:
+            schedule_mark(app, incident, sooner, now)
+    if "lead" in names:
+        schedule_handover(app, incident, now)
+    if at is not None:
+        schedule_mark(app, incident, at, now)  # said explicitly: wins over the cadence
+    action.next_comm_at = incident.next_comm_at
+    if text or action.changes:
+        labels = action.applied
+        if at is not None:
+            labels.append(f"Next communication: {when_text(at, tz)}")
+        body = "\n\n".join(part for part in (text, " · ".join(labels), note.strip()) if part)
+        kind = "update" if text else ("handover" if names == {"lead"} and not added
+                                      else "change")
+        data = {"changes": action.changes}
+        if len(action.changes) == 1:  # the shape one-change entries always had
+            data.update(action.changes[0])
+        action.entry = log(incident, now, kind, body, author=author, shown=True, data=data)
+        if text and incident.scribe and incident.scribe != author:
+            # The scribe keeps the log, so they see every reply as it is posted.
+            scribe = add_recipient(app, incident, incident.scribe, "as the incident scribe", now)
+            communicate(app, incident, "notice", now, to=[scribe], marks_sent=False,
+                        title=f"{author or 'someone'} posted to {incident.ref}",
+                        paragraphs=[body])
+    elif at is not None:
+        log(incident, now, "schedule", f"next communication moved to {when_text(at, tz)}",
+            author=author)
+    return action
 
 
 @mutates
@@ -644,3 +823,55 @@ def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
         log(incident, now, "change", f"Added {addr} to the impacted people", author=author,
             shown=True, data={"field": "impacted", "new": addr})
     return add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
+
+
+@mutates
+def reopen(app: Mailflow, incident: Incident, now: datetime, author: str, text: str = "",
+           notify: bool = True) -> list[str]:
+    """Back to open with its cadence (marks, reminders, escalations, handover rescheduled);
+    everyone is told at once unless `notify` is False (the caller sends the update)."""
+    if incident.is_open:
+        raise InvalidInput(f"{incident.ref} is open; only a resolved incident is reopened")
+    if incident.status not in ("resolved", "follow-up"):
+        raise InvalidInput(f"{incident.ref} is {incident.status}; only a resolved incident is "
+                           "reopened")
+    was = incident.status
+    incident.status = "open"
+    incident.resolved_at = None
+    incident.closed_at = None
+    incident.save()
+    cancel_due(incident, now, kinds=("postmortem",))  # its draft waits for the new end
+    schedule_escalations(app, incident, now)
+    schedule_mark(app, incident, now + update_every(app, incident), now)
+    text = text.strip()
+    log(incident, now, "reopened", f"Reopened (was {was}){': ' + text if text else ''}",
+        author=author, shown=True, data={"was": was, "text": text})
+    return send_update(app, incident, now) if notify else []
+
+
+def remove_person(app: Mailflow, email: str, now: datetime, author: str) -> list[str]:
+    """Take someone off every open incident (recipients, roles, impacted), with a timeline
+    entry each; their later replies are a stranger's. Returns the refs they were on."""
+    address = addresses.normalise(email) or str(email).strip().lower()
+    refs = []
+    with app.db.atomic("IMMEDIATE"):
+        for incident in Incident.select().where(Incident.status.in_(("open", "draft", "follow-up"))):
+            roles = [r for r in ROLES if getattr(incident, r) == address]
+            listed = address in incident.impacted
+            gone = Recipient.delete().where((Recipient.incident == incident)
+                                            & (Recipient.email == address)).execute()
+            if not (roles or listed or gone):
+                continue
+            for role in roles:
+                setattr(incident, role, None)
+            if listed:
+                incident.impacted = [a for a in incident.impacted if a != address]
+            incident.save()
+            what = ["the recipients"] if gone else []
+            what += [f"the {role} role" for role in roles]
+            what += ["the impacted people"] if listed else []
+            log(incident, now, "removed",
+                f"{address} removed from contacts.yaml: taken off {', '.join(what)}",
+                author=author, data={"email": address, "roles": roles})
+            refs.append(incident.ref)
+    return refs

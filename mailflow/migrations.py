@@ -273,6 +273,12 @@ def _m0006_alerts_status_subscribers(db: Database, migrator: SchemaMigrator) -> 
     db.create_tables([Alert, StatusUpdate, Subscriber], safe=True)
 
 
+def _m0007_inmessage_digest(db: Database, migrator: SchemaMigrator) -> None:
+    """A declaration's sender + body digest: the same one within an hour declares once."""
+    _add_column(db, migrator, "inmessage", "digest", CharField(default=""))
+    _add_index(db, "inmessage", ("digest",))
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
@@ -280,6 +286,7 @@ MIGRATIONS: list[Migration] = [
     Migration("0004_reply_duplicate_index", _m0004_reply_duplicate_index),
     Migration("0005_outbox_expires_at", _m0005_outbox_expires_at),
     Migration("0006_alerts_status_subscribers", _m0006_alerts_status_subscribers),
+    Migration("0007_inmessage_digest", _m0007_inmessage_digest),
 ]
 
 

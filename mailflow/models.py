@@ -184,6 +184,7 @@ class InMessage(BaseModel):
     message_id = CharField(default="")
     content = BlobField(column_name="raw")  # not `raw`: that is peewee's Model.raw()
     outcome = CharField(default="")  # posted | command | auto-reply | bounce | empty | note
+    digest = CharField(default="", index=True)  # a declaration's sender + body (deduplication)
 
     class Meta:
         # The duplicate check of every reply: without it each reply walks all earlier ones.

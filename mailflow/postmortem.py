@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from .errors import InvalidInput, TemplateError
-from .incidents import IMPACTS, SEVERITY_LABELS
+from .incidents import IMPACTS, SEVERITY_LABELS, field_changes
 from .models import Entry, Incident, OutMessage
 from .render import one_line
 
@@ -129,22 +129,22 @@ def context(incident: Incident, now: datetime) -> dict[str, Any]:
     def first(kind: str) -> Entry | None:
         return next((e for e in entries if e.kind == kind), None)
 
-    def about(kind: str, field: str) -> list[Entry]:
-        # The data field tells a role change from a handover reminder (both kind "handover").
-        return [e for e in entries if e.kind == kind and (e.data or {}).get("field") == field]
-
-    severity_changes = [SeverityChange(e.at, md_line(e.data.get("old") or ""),
-                                       md_line(e.data.get("new") or ""), _author(e.author))
-                        for e in about("change", "severity")]
+    # One entry may carry several changes (one reply or CLI call = one entry).
+    severity_changes = [SeverityChange(e.at, md_line(c.get("old") or ""),
+                                       md_line(c.get("new") or ""), _author(e.author))
+                        for e, c in field_changes(entries, "severity")]
     declared_severity = severity_changes[0].old if severity_changes else incident.severity
 
-    handovers = about("handover", "lead")
+    handovers = field_changes(entries, "lead")
     # The lead named at declaration is only in the first handover's "old" once it changed.
-    initial_lead = (handovers[0].data.get("old") if handovers else incident.lead) or ""
+    initial_lead = (handovers[0][1].get("old") if handovers else incident.lead) or ""
     leads = [Lead(incident.declared_at, md_line(initial_lead))] if initial_lead else []
-    leads += [Lead(e.at, md_line(e.data.get("new") or "")) for e in handovers]
+    leads += [Lead(e.at, md_line(c.get("new") or "")) for e, c in handovers]
+    reopenings = [_line(e) for e in entries if e.kind == "reopened"]
 
-    declared, resolved, closed = first("declared"), first("resolved"), first("closed")
+    declared, closed = first("declared"), first("closed")
+    # Reopened and resolved again: the last resolution is the end.
+    resolved = next((e for e in reversed(entries) if e.kind == "resolved"), None)
     first_email = first("email")
     first_sent = (OutMessage.select(OutMessage.sent_at)
                   .where((OutMessage.incident == incident) & OutMessage.sent_at.is_null(False))
@@ -188,6 +188,7 @@ def context(incident: Incident, now: datetime) -> dict[str, Any]:
         "timeline": [_line(e) for e in entries],
         "updates": [_line(e) for e in entries if e.kind == "update"],
         "escalations": [_line(e) for e in entries if e.kind == "escalation"],
+        "reopenings": reopenings,
         "severity_changes": severity_changes,
         "leads": leads,
         "first_email_at": first_email.at if first_email else None,

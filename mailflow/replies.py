@@ -25,9 +25,7 @@ import mailparser
 
 from . import quotes as _quotes
 from .addresses import normalise
-from .clock import parse_duration
-from .errors import InvalidInput
-from .quotes import tidy as _tidy
+from .commands import Command, LookAlike, Refused, parse, parse_commands
 
 __all__ = [
     "Command",
@@ -37,14 +35,6 @@ __all__ = [
     "parse_commands",
     "parse_reply",
 ]
-
-
-@dataclass(frozen=True)
-class Command:
-    """One reply command: `severity: P2` -> Command("severity", "P2")."""
-
-    name: str
-    value: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +51,9 @@ class Reply:
     is_bounce: bool
     bounced_recipients: tuple[str, ...]
     reason: str
+    own_text: str = ""  # what the sender wrote, command lines included
+    refused: tuple[Refused, ...] = ()  # command lines whose value cannot be used
+    lookalikes: tuple[LookAlike, ...] = ()  # lines that look like commands but are none
 
 
 # --- limits: every one keeps a hostile mail from costing more than a fraction of a second ---
@@ -786,114 +779,8 @@ def extract_text(body: str, sender_name: str = "") -> str:
 
 
 # --- commands ---
-
-_COMMAND_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]{0,30}?)\s*:(.*)$")
-_IMPACTS = {
-    "degraded": "degraded",
-    "degradation": "degraded",
-    "outage": "outage",
-    "downtime": "outage",
-    "complete downtime": "outage",
-    "complete outage": "outage",
-    "full outage": "outage",
-}
-_CLOCK_TIME = re.compile(r"^([01]?\d|2[0-3])[:h]([0-5]\d)(?:\s*(?:utc|z))?$", re.I)
-
-
-_DURATION_PART = re.compile(
-    r"(\d+)\s*(weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])", re.I
-)
-
-
-def _compact_duration(value: str) -> str:
-    """Turn "1 hour 30 min" into "1h30m", the one spelling clock.parse_duration reads reliably."""
-    compact = _DURATION_PART.sub(lambda m: m.group(1) + m.group(2)[0].lower(), value.strip())
-    return re.sub(r"\s+", "", compact).lower()
-
-
-def _norm_words(value: str) -> str:
-    return re.sub(r"[\s_-]+", " ", value.strip().lower())
-
-
-def _person(value: str) -> str | None:
-    if value.strip().lower() == "me":
-        return "me"
-    m = re.fullmatch(r"(?:[^<>]*<)?\s*([^<>\s]+)\s*>?", value.strip())
-    return _bare_address(m.group(1)) or None if m else None
-
-
-def _command_values(name: str, value: str) -> list[str] | None:
-    """Normalised values for a command, or None when the value is not acceptable."""
-    if name == "severity":
-        m = re.fullmatch(r"p?\s*([0-3])", value.strip().lower())
-        return [f"P{m.group(1)}"] if m else None
-    if name == "impact":
-        impact = _IMPACTS.get(_norm_words(value))
-        return [impact] if impact else None
-    if name == "eta":
-        eta = _one_line(value, 200)
-        return [eta] if eta else None
-    if name == "next update":
-        value = _one_line(value, 50)
-        m = _CLOCK_TIME.match(value)
-        if m:
-            return [f"{int(m.group(1)):02d}:{m.group(2)}"]
-        duration = _compact_duration(value)
-        try:
-            parse_duration(duration, what="next update")
-        except InvalidInput:
-            return None
-        return [duration]
-    if name in ("lead", "communicator", "scribe"):
-        person = _person(value)
-        return [person] if person else None
-    if name == "impacted":
-        entries = [e.strip() for e in re.split(r"[,;]", value) if e.strip()]
-        out = []
-        for entry in entries:
-            m = re.fullmatch(r"\+?\s*(.+)", entry)
-            address = _bare_address(m.group(1)) if m else ""
-            if not address:
-                return None  # one bad entry: keep the whole line as text, nothing half-applied
-            out.append(f"+{address}")
-        return out or None
-    return None
-
-
-def _parse_command_line(line: str) -> list[Command] | None:
-    """The commands on one line, or None when the line is not a (valid) command."""
-    line = _INVISIBLE.sub("", line)  # a zero-width space must not hide a command
-    bare = _norm_words(line).rstrip(".!").strip()
-    if bare in ("send now", "resolved"):
-        return [Command(bare, "")]
-    m = _COMMAND_LINE.match(line.strip())
-    if not m:
-        return None
-    name = _norm_words(m.group(1))
-    values = _command_values(name, m.group(2))
-    return [Command(name, v) for v in values] if values else None
-
-
-def parse_commands(text: str) -> tuple[tuple[Command, ...], str]:
-    """Commands from the top of the text, one per line, and the text that remains."""
-    try:
-        lines = _clean_text(str(text)).split("\n")
-        commands: list[Command] = []
-        i = 0
-        while i < len(lines):
-            if not lines[i].strip():
-                i += 1
-                continue
-            found = _parse_command_line(lines[i])
-            if found is None:
-                break
-            commands.extend(found)
-            i += 1
-            if found[0].name == "resolved":
-                break  # the rest is the resolution steps, commands or not
-        return tuple(commands), _tidy(lines[i:])
-    except Exception:
-        return (), str(text)
+# The `key: value` lines at the top live in mailflow.commands (one parser for replies and
+# declarations); parse_commands and Command are imported from here too.
 
 
 # --- the whole reply ---
@@ -924,18 +811,22 @@ def _parse_reply(raw: bytes, envelope_from: str | None) -> Reply:
     message_id = _message_id(_header(msg, "message-id"))
     is_auto, is_bounce, reason = _classify(msg, envelope_from, sender)
     bounced = _bounced_recipients(msg) if is_bounce else ()
-    commands, text = parse_commands(extract_text(body, sender_name))
+    own_text = extract_text(body, sender_name)
+    parsed = parse(own_text)
     return Reply(
         sender=sender,
         sender_name=sender_name,
         subject=subject,
         message_id=message_id,
-        text=text,
-        commands=commands,
+        text=parsed.text,
+        commands=parsed.commands,
         is_auto_reply=is_auto,
         is_bounce=is_bounce,
         bounced_recipients=bounced,
         reason=reason,
+        own_text=own_text,
+        refused=parsed.refused,
+        lookalikes=parsed.lookalikes,
     )
 
 
@@ -960,4 +851,5 @@ def parse_reply(raw: bytes, envelope_from: str | None = None) -> Reply:
             is_bounce=False,
             bounced_recipients=(),
             reason="empty envelope sender (MAIL FROM:<>)" if empty_envelope else "",
+            own_text=text,
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from . import alerts
+from . import alerts, posting
 from . import incidents as inc
 from .clock import format_duration, parse_duration
 from .errors import InvalidInput, MailflowError
@@ -173,6 +173,7 @@ HANDLERS: dict[str, Callable[[Mailflow, Incident, Due, datetime], bool]] = {
     "handover": _handover,
     "postmortem": _postmortem,
     **alerts.DUE_HANDLERS,  # reminding the on-call person of an undeclared draft
+    **posting.DUE_HANDLERS,  # the hourly digest of refused strangers for the lead
 }
 
 

@@ -53,9 +53,12 @@ def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
         reply_to = sink.received[0].message["Reply-To"]
 
         send_reply(daemon.port or 0, reply_to, "send now\n\nIndex rebuilt, app servers back")
-        wait_for(lambda: len(sink.received) == 4, what="the update sent at once")
-        update = sink.received[-1].message
-        assert update["X-Mailflow-Kind"] == "update"
+        # Two updates, and a receipt to the sender of the command.
+        wait_for(lambda: len(sink.received) == 5, what="the update sent at once")
+        kinds = {r.message["X-Mailflow-Kind"]: r.message for r in sink.received[2:]}
+        assert sorted(r.message["X-Mailflow-Kind"] for r in sink.received[2:]) == [
+            "receipt", "update", "update"]
+        update = kinds["update"]
         assert "Index rebuilt, app servers back" in update.get_body(("plain",)).get_content()
 
         # An edited contacts file is picked up without a signal: a new person may post.

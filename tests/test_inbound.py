@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from email.message import EmailMessage
 
 import pytest
@@ -63,12 +64,14 @@ def test_commands_change_state_and_send_now(app, sink, incident, inbound) -> Non
     assert code == 250
     fresh = Incident.get_by_id(incident.id)
     assert fresh.severity == "P2"
-    assert [e.text for e in posted(incident)] == ["DB restored on the replica"]
-    assert [e.text for e in posted(incident, "command")] == ["severity: P2", "next update: 30m",
-                                                            "send now"]
-    assert all(e.author == "bob@example.org" for e in posted(incident, "command"))
-    # `send now` sent the update immediately and restarted the P2 cadence from now.
-    assert fresh.next_comm_at == NOW + app.config.cadence.update_every["P2"]
+    # One reply, one entry: the text first, the changes in one compact line below it.
+    [entry] = posted(incident)
+    assert entry.text == ("DB restored on the replica\n\nSeverity: P1 → P2 · Next "
+                          "communication: 2026-11-24 10:50 UTC (05:50 America/New_York)")
+    assert entry.author == "bob@example.org"
+    assert posted(incident, "change") == []
+    # `send now` sent the update immediately; the next mark is the one the sender gave.
+    assert fresh.next_comm_at == NOW + timedelta(minutes=30)
     sink.clear()
     app.deliver_now(NOW)
     html = html_of(by_rcpt(sink)["ops-team@example.org"][0])
@@ -261,5 +264,6 @@ def test_role_and_impacted_commands(app, sink, incident, inbound) -> None:  # no
     assert "dean@example.org" in fresh.impacted
     assert Recipient.get(Recipient.email == "dean@example.org").reason.startswith(
         "because you are impacted")
-    assert [e.text for e in posted(incident, "handover")] == [
-        "Lead: ana@example.org → bob@example.org"]
+    # One reply, one entry: the text, then both changes on one line.
+    assert [e.text for e in posted(incident)] == [
+        "Taking over\n\nLead: ana@example.org → bob@example.org · Impacted: + dean@example.org"]
