@@ -353,15 +353,14 @@ def update(state: State, ref: str, text: str, severity: str | None, impact: str 
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
     with inc.locked(app, incident):
-        if any(v is not None for v in changes.values()):
-            inc.change(app, incident, now, author, **changes)
-        if text.strip():
-            inc.post_update(app, incident, text, author, now)
-        if next_update:
-            inc.set_next_update(app, incident, next_update, now, author)
+        # One call, one timeline entry: the text first, the changes on one line.
+        action = inc.apply_update(app, incident, now, author, text=text, fields=changes,
+                                  next_update=next_update, strict=True)
         if send:
             preparing("update")
         msgs = inc.send_update(app, incident, now) if send else []
+        if send and next_update:  # the time given wins over the cadence
+            inc.schedule_mark(app, incident, action.next_comm_at, now)
     if send:
         click.echo(f"next communication at {incident.next_comm_at:%H:%M} UTC")
         deliver(app, now, "update", msgs, incident)
@@ -408,6 +407,27 @@ def close(state: State, ref: str, note: str, author: str) -> None:
     final = inc.close(app, incident, now, author, note)
     click.echo(f"{incident.ref} closed")
     deliver(app, now, "final notice", final, incident)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--text", default="", help="Why: what is seen again (shown in the update).")
+@author_option
+@pass_state
+def reopen(state: State, ref: str, text: str, author: str) -> None:
+    """Reopen a resolved incident: open again with its cadence, and everyone is told.
+
+    \b
+    Example:
+      mailflow reopen INC-1 --text "Seeing 502s again since 14:10"
+    """
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    preparing("update")
+    sent = inc.reopen(app, incident, now, author, text=text)
+    click.echo(f"{incident.ref} open again; next communication at "
+               f"{incident.next_comm_at:%H:%M} UTC")
+    deliver(app, now, "update", sent, incident)
 
 
 @cli.command("list")

@@ -293,20 +293,19 @@ def note_stranger(app: Mailflow, incident: Incident, sender: str, now: datetime)
     if not incident.lead:
         return
     last = _last_digest(incident)
-    if last is None or now - last >= STRANGER_DIGEST_EVERY:
+    if last is None or now - last.at >= STRANGER_DIGEST_EVERY:
         send_stranger_digest(app, incident, now)
     else:
-        inc.plan(incident, DIGEST_KIND, last.isoformat(), last + STRANGER_DIGEST_EVERY)
+        inc.plan(incident, DIGEST_KIND, last.at.isoformat(), last.at + STRANGER_DIGEST_EVERY)
 
 
 DIGEST_KIND = "strangers"
 
 
-def _last_digest(incident: Incident) -> datetime | None:
-    last = (Entry.select(Entry.at)
+def _last_digest(incident: Incident) -> Entry | None:
+    return (Entry.select(Entry.id, Entry.at)
             .where((Entry.incident == incident) & (Entry.kind == "strangers-told"))
-            .order_by(Entry.at.desc()).first())
-    return last.at if last else None
+            .order_by(Entry.id.desc()).first())
 
 
 def send_stranger_digest(app: Mailflow, incident: Incident, now: datetime) -> bool:
@@ -314,7 +313,7 @@ def send_stranger_digest(app: Mailflow, incident: Incident, now: datetime) -> bo
     last = _last_digest(incident)
     q = Entry.select(Entry.author).where((Entry.incident == incident) & (Entry.kind == "refused"))
     if last is not None:
-        q = q.where(Entry.at > last)
+        q = q.where(Entry.id > last.id)
     strangers = list(dict.fromkeys(e.author for e in q.order_by(Entry.at, Entry.id) if e.author))
     if not strangers or not incident.lead:
         return False
@@ -383,12 +382,14 @@ def _digest(sender: str, reply: Reply) -> str:
 def _declared_before(reply: Reply, sender: str, digest: str, now: datetime) -> Incident | None:
     """The incident this very declaration already opened (same Message-ID, or same sender
     and body within an hour): an MTA retry or a resend never declares twice."""
-    q = InMessage.select().where(InMessage.outcome == "declared")
+    q = InMessage.select().where(InMessage.outcome.in_(("declared", "duplicate"))
+                                 & InMessage.incident.is_null(False))
     if reply.message_id:
         found = q.where(InMessage.message_id == reply.message_id).first()
         if found is not None:
             return found.incident
-    found = q.where((InMessage.digest == digest) & (InMessage.sender == sender)
+    found = q.where((InMessage.outcome == "declared") & (InMessage.digest == digest)
+                    & (InMessage.sender == sender)
                     & (InMessage.received_at >= now - DECLARATION_DEDUP)).first()
     return found.incident if found is not None else None
 
@@ -410,6 +411,10 @@ def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
     digest = _digest(sender, reply)
     earlier = _declared_before(reply, sender, digest, now)
     if earlier is not None:
+        # Kept (small) with its Message-ID: a retry of this very message is known for good.
+        InMessage.create(incident=earlier, received_at=now, mail_from=mail_from, sender=sender,
+                         message_id=reply.message_id, content=_capped(raw),
+                         outcome="duplicate", digest=digest)
         return Outcome(250, f"2.0.0 already declared as {earlier.ref}", "duplicate")
     fields, summary, problems = _declaration(reply)
     missing = [k for k in ("service", "severity", "impact") if not fields.get(k)]

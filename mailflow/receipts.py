@@ -41,7 +41,7 @@ class Receipt:
     @property
     def needed(self) -> bool:
         """Commands, refusals or a hold: the sender must hear what became of them."""
-        return bool(self.applied or self.refused or self.held or self.authority or self.notes)
+        return bool(self.applied or self.refused or self.held or self.authority)
 
 
 def _ours(app: Mailflow, address: str) -> bool:

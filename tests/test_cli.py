@@ -206,7 +206,9 @@ def test_update_changes_fields_from_the_cli(project: Path, sink: Sink) -> None:
     assert "it goes out at 10:40 UTC" in result.stdout, "P0 cadence: every 30 min from now"
     shown = json.loads(run(project, "show", "INC-1", "--json").stdout)
     assert shown["severity"] == "P0" and shown["eta"] == "30 min"
-    changes = [e for e in shown["timeline"] if e["kind"] == "change"]
-    assert [c["author"] for c in changes] == ["ana@example.org"] * 2
+    # One call, one entry: both changes on one line.
+    [change] = [e for e in shown["timeline"] if e["kind"] == "change"]
+    assert change["author"] == "ana@example.org"
+    assert "Severity: P1 → P0 · How long: " in change["text"] and "→ 30 min" in change["text"]
     assert run(project, "update", "INC-1").exit_code == 1, "nothing to do is an error"
     assert run(project, "update", "INC-1", "--severity", "P9").exit_code == 1
