@@ -619,6 +619,10 @@ def parse_reply_cmd(file: Any, as_json: bool) -> None:
         click.echo(f"AUTO-REPLY, never posted ({reply.reason})")
     for command in reply.commands:
         click.echo(f"command:  {command.name}{': ' + command.value if command.value else ''}")
+    for refused in reply.refused:
+        click.echo(f"refused:  {refused.line} ({refused.reason})")
+    for look in reply.lookalikes:
+        click.echo(f"HELD:     {look.line} (did you mean `{look.suggestion}`?)")
     click.echo("text:" if reply.text else "text:     (nothing of the sender's own)")
     for line in reply.text.splitlines():
         click.echo(f"  {line}")

@@ -229,6 +229,7 @@ def _post(app: Mailflow, incident: Incident, reply: Reply, mail_from: str, now: 
         if asked_at is not None:  # the time the sender gave wins over the cadence
             inc.schedule_mark(app, incident, asked_at, now)
         inc.log(incident, now, "send-now", "update sent on request", author=author)
+        receipt.sent = True
         if not reopened:
             receipt.applied.append("send now: the update went out")
     if not text and not action.entry and not reply.commands and not reply.refused:

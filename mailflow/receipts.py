@@ -37,6 +37,7 @@ class Receipt:
     as_text: list[str] = field(default_factory=list)  # those command-looking lines
     notes: list[str] = field(default_factory=list)
     posted: bool = False
+    sent: bool = False  # `send now` sent the update (with the text) at once
 
     @property
     def needed(self) -> bool:
