@@ -20,6 +20,7 @@ from datetime import timedelta
 from .addresses import Rules, normalise, problem
 from .clock import parse_duration
 from .errors import InvalidInput
+from .quotes import tidy as _tidy
 
 __all__ = [
     "BARE",
@@ -132,19 +133,6 @@ _DURATION_PART = re.compile(
 
 def _one_line(value: str, limit: int) -> str:
     return re.sub(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+", " ", value).strip()[:limit].strip()
-
-
-def _tidy(lines: list[str]) -> str:
-    """Right-trim lines, collapse runs of blank lines, trim (as the quotes module does)."""
-    out: list[str] = []
-    for line in lines:
-        line = line.rstrip()
-        if not _INVISIBLE.sub("", line).strip():
-            line = ""
-            if out and out[-1] == "":
-                continue
-        out.append(line)
-    return "\n".join(out).strip("\n")
 
 
 def _compact_duration(value: str) -> str:

@@ -13,17 +13,14 @@ import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
 
 from . import commands as cmd
 from . import incidents as inc
 from .errors import MailflowError
 from .models import Due, Entry, Incident, InMessage, OutMessage, Recipient
-from .receipts import Receipt, queue_receipt
-from .render import bare_address, one_line
+from .receipts import Receipt, auto_reply, queue_receipt
+from .render import bare_address
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -454,19 +451,9 @@ def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
 
 def _queue_refusal(app: Mailflow, reply: Reply, problem: str, now: datetime) -> None:
     """Tell the sender what is wrong with their declaration (RFC 3834 auto-replied)."""
-    cfg = app.config
     services = ", ".join(sorted(app.contacts.services)) or "(none in contacts.yaml)"
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = cfg.sender
-    msg["To"] = reply.sender
-    msg["Subject"] = one_line(f"Re: {reply.subject}" if reply.subject else "Incident not declared")
-    msg["Date"] = format_datetime(now)
-    message_id = make_msgid(domain=cfg.reply_domain)
-    msg["Message-ID"] = message_id
-    if reply.message_id:
-        msg["In-Reply-To"] = reply.message_id
-        msg["References"] = reply.message_id
-    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: robots must not answer this
+    msg, message_id = auto_reply(
+        app, reply, f"Re: {reply.subject}" if reply.subject else "Incident not declared", now)
     msg.set_content(
         f"No incident was declared: {problem}.\n\n"
         "Write the fields one per line at the top of the email, then the summary:\n\n"

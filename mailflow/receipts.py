@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import commands as cmd
 from . import incidents as inc
 from .addresses import normalise
-from .models import Incident, OutMessage
+from .models import Incident
 from .render import Personal, one_line
 from .replies import Reply
 from .tokens import reply_address, split_address
@@ -54,6 +54,24 @@ def _ours(app: Mailflow, address: str) -> bool:
     return address == normalise(cfg.sender)
 
 
+def auto_reply(app: Mailflow, reply: Reply, subject: str, now: datetime,
+               to: str = "") -> tuple[EmailMessage, str]:
+    """An RFC 3834 automatic answer to `reply`, in its thread: (message, its Message-ID)."""
+    cfg = app.config
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = cfg.sender
+    msg["To"] = to or reply.sender
+    msg["Subject"] = one_line(subject)[:300]
+    msg["Date"] = format_datetime(now)
+    message_id = make_msgid(domain=cfg.reply_domain)
+    msg["Message-ID"] = message_id
+    if reply.message_id:
+        msg["In-Reply-To"] = reply.message_id
+        msg["References"] = reply.message_id
+    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: robots must not answer this
+    return msg, message_id
+
+
 def suggestion(name: str) -> str:
     """How to write the command: `severity:`, or `resolved` for one without a value."""
     return name if name in cmd.BARE else f"{name}:"
@@ -87,26 +105,15 @@ def queue_receipt(app: Mailflow, incident: Incident, reply: Reply, receipt: Rece
     }
     text = app.renderer.text("receipt", ctx, recipient)
     html = app.renderer.preview("receipt", ctx, recipient)
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = cfg.sender
     name = one_line(recipient.name)[:100]
-    msg["To"] = formataddr((name, sender), charset="utf-8") if name else sender
-    msg["Subject"] = one_line(subject)[:300]
-    msg["Date"] = format_datetime(now)
-    message_id = make_msgid(domain=cfg.reply_domain)
-    msg["Message-ID"] = message_id
-    if reply.message_id:
-        msg["In-Reply-To"] = reply.message_id
-        msg["References"] = reply.message_id
+    msg, message_id = auto_reply(app, reply, subject, now,
+                                 formataddr((name, sender), charset="utf-8") if name else sender)
     msg["Reply-To"] = address
-    msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: robots must not answer this
     msg["X-Auto-Response-Suppress"] = "All"
     msg["X-Mailflow-Incident"] = incident.ref
     msg["X-Mailflow-Kind"] = "receipt"
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
     # Null envelope sender (RFC 3834): a receipt that cannot be delivered bounces nowhere.
-    OutMessage.create(incident=incident, kind="receipt", recipient=sender, envelope_from="",
-                      message_id=message_id, content=msg.as_bytes(), created_at=now,
-                      next_attempt_at=now)
+    app.outbox.enqueue(incident.id, "receipt", "", [(sender, message_id, msg.as_bytes())], now)
     return message_id
