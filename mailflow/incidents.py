@@ -22,7 +22,7 @@ from .tokens import reply_address
 
 if TYPE_CHECKING:
     from .app import Mailflow
-    from .contacts import Service
+    from .contacts import Contacts, Service
 
 IMPACTS = {"outage": "complete downtime", "degraded": "degraded"}
 # What each priority means and its target resolution time.
@@ -124,8 +124,20 @@ class Item:
     new: bool
 
 
-def facts_of(incident: Incident) -> dict[str, str]:
-    """The fields every communication carries, as label → value."""
+def person_label(contacts: Contacts | None, address: str | None, with_address: bool = True
+                 ) -> str:
+    """Who someone is for people: `Ana Lima <ana@example.org>` (or just `Ana Lima`) when
+    contacts.yaml knows them, else the address."""
+    if not address:
+        return ""
+    person = contacts.person(address) if contacts is not None and "@" in address else None
+    if person is None or not person.name.strip():
+        return address
+    return f"{person.name} <{address}>" if with_address else person.name
+
+
+def facts_of(incident: Incident, contacts: Contacts | None = None) -> dict[str, str]:
+    """The fields every communication carries, as label → value (people by name)."""
     facts = {
         "Service": incident.service_title,
         "Scope": IMPACTS[incident.impact].capitalize(),
@@ -134,26 +146,27 @@ def facts_of(incident: Incident) -> dict[str, str]:
         "How long / what makes it uncertain": incident.eta or "not known yet",
         "What has been started": incident.started or "assessment in progress",
         "Next debugging steps": incident.next_steps or "to be decided",
-        "Incident lead": incident.lead or "not assigned yet",
+        "Incident lead": person_label(contacts, incident.lead) or "not assigned yet",
     }
     if incident.communicator:
-        facts["Communicator"] = incident.communicator
+        facts["Communicator"] = person_label(contacts, incident.communicator)
     if incident.scribe:
-        facts["Scribe"] = incident.scribe
+        facts["Scribe"] = person_label(contacts, incident.scribe)
     return facts
 
 
 def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
             **extra: Any) -> dict[str, Any]:
     """Everything a template can use; `new` is measured against the last communication."""
-    current = facts_of(incident)
+    current = facts_of(incident, app.contacts)
     before = incident.last_sent or {}
     first = incident.last_sent is None
     facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
     entries = (Entry.select().where((Entry.incident == incident)
                                     & Entry.kind.in_(("update", "change", "handover", "reopened")))
                .order_by(Entry.at, Entry.id))
-    items = [Item(e.at, e.author, e.text, new=e.communicated_at is None) for e in entries]
+    items = [Item(e.at, person_label(app.contacts, e.author, with_address=False), e.text,
+                  new=e.communicated_at is None) for e in entries]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
     ctx: dict[str, Any] = {
         "kind": kind,
@@ -283,7 +296,7 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
         if marks_sent:
             Entry.update(communicated_at=now).where(
                 (Entry.incident == incident) & Entry.communicated_at.is_null()).execute()
-            incident.last_sent = facts_of(incident)
+            incident.last_sent = facts_of(incident, app.contacts)
             incident.last_comm_at = now
             incident.save()
     return [o.message_id for o in outgoing]
