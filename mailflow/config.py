@@ -39,6 +39,7 @@ starttls = true
 # password = "..."
 concurrency = 1                  # parallel SMTP connections
 retry_for = "1d"                 # give up on a temporarily failing email after this long
+max_message_size = 1048576       # bytes; no email is bigger (older updates are left out)
 # cafile = "relay-ca.pem"        # the relay's private CA (default: the system's CAs)
 
 [inbound]
@@ -56,6 +57,11 @@ update_every = {{P0 = "30m", P1 = "1h", P2 = "4h", P3 = "1d"}}
 reminder_before = "10m"
 escalate = ["4h", "1d"]
 handover_after = "7h"
+
+[emails]
+subject_style = "thread"         # "status": the state in every subject (splits Gmail threads)
+updates_in_full = 10             # newest updates carried in full; a line counts the others
+update_max_chars = 20000         # longer update texts are cut in emails (kept in the record)
 """
 
 
@@ -72,6 +78,7 @@ class Outbound:
     timeout: float = 30.0
     retry_for: timedelta = timedelta(days=1)
     cafile: Path | None = None  # a private CA for the relay's certificate; default: the system's
+    max_message_size: int = 1024 * 1024  # no email is bigger (the relay's SIZE may lower it)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,18 @@ class Cadence:
     handover_after: timedelta = timedelta(hours=7)
 
 
+SUBJECT_STYLES = ("thread", "status")
+
+
+@dataclass(frozen=True)
+class Emails:
+    """How communications read: subjects, and how much of the history each one carries."""
+
+    subject_style: str = "thread"  # "status": the state in every subject
+    updates_in_full: int = 10
+    update_max_chars: int = 20_000
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything mailflow needs to know, resolved to absolute paths."""
@@ -120,6 +139,7 @@ class Config:
     outbound: Outbound = field(default_factory=Outbound)
     inbound: Inbound = field(default_factory=Inbound)
     cadence: Cadence = field(default_factory=Cadence)
+    emails: Emails = field(default_factory=Emails)
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -141,11 +161,30 @@ class Config:
 
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
-        "outbound", "inbound", "cadence"}
+        "outbound", "inbound", "cadence", "emails"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
-        "cafile"}
+        "cafile", "max_message_size"}
+_EMAILS = {"subject_style", "updates_in_full", "update_max_chars"}
 _IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
+
+
+def _emails_section(section: Any, fail: Any, get: Any) -> Emails:
+    """The [emails] section: subject style and how much history an email carries."""
+    if not isinstance(section, dict):
+        raise fail("emails", "must be a table ([emails])")
+    unknown = set(section) - _EMAILS
+    if unknown:
+        raise fail(f"emails.{sorted(unknown)[0]}", f"unknown key; known: {', '.join(sorted(_EMAILS))}")
+    style = get(section, "subject_style", str, "thread", "emails.")
+    if style not in SUBJECT_STYLES:
+        raise fail("emails.subject_style", f"{style!r} is not one of {', '.join(SUBJECT_STYLES)}")
+    in_full = get(section, "updates_in_full", int, 10, "emails.")
+    max_chars = get(section, "update_max_chars", int, 20_000, "emails.")
+    if in_full < 1 or max_chars < 200:
+        raise fail("emails.updates_in_full" if in_full < 1 else "emails.update_max_chars",
+                   "too small: at least 1 update and 200 characters")
+    return Emails(subject_style=style, updates_in_full=in_full, update_max_chars=max_chars)
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -304,6 +343,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if isinstance(until, datetime) and until.tzinfo is None:
         until = parse_time(until.isoformat())
     reminder_before = duration(cad.get("reminder_before", "10m"), "cadence.reminder_before")
+    max_message_size = get(out, "max_message_size", int, 1024 * 1024, "outbound.")
+    if max_message_size < 64 * 1024:
+        raise fail("outbound.max_message_size", f"{max_message_size} is too small: an email "
+                                                "needs at least 65536 bytes")
+    emails = _emails_section(data.get("emails", {}), fail, get)
     shortest = min(update_every.values())
     if reminder_before >= shortest:
         raise fail("cadence.reminder_before", f"must be shorter than the shortest update_every "
@@ -329,6 +373,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             timeout=float(get(out, "timeout", (int, float), 30, "outbound.")),
             retry_for=duration(out.get("retry_for", "1d"), "outbound.retry_for"),
             cafile=cafile,
+            max_message_size=max_message_size,
         ),
         inbound=Inbound(
             host=get(inb, "host", str, "127.0.0.1", "inbound."),
@@ -346,4 +391,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             escalate=escalate,
             handover_after=duration(cad.get("handover_after", "7h"), "cadence.handover_after"),
         ),
+        emails=emails,
     )

@@ -215,12 +215,20 @@ def _m0005_outbox_expires_at(db: Database, migrator: SchemaMigrator) -> None:
     _add_column(db, migrator, "outmessage", "expires_at", DateTimeField(null=True))
 
 
+def _m0006_outbox_priority_and_failure_notice(db: Database, migrator: SchemaMigrator) -> None:
+    """Mail for the lead goes ahead of a fan-out; a failure is told to the lead once."""
+    _add_column(db, migrator, "outmessage", "priority", IntegerField(default=0))
+    _add_column(db, migrator, "outmessage", "failure_told_at", DateTimeField(null=True))
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
     Migration("0003_outbox_claimed_by", _m0003_outbox_claimed_by),
     Migration("0004_reply_duplicate_index", _m0004_reply_duplicate_index),
     Migration("0005_outbox_expires_at", _m0005_outbox_expires_at),
+    Migration("0006_outbox_priority_and_failure_notice",
+              _m0006_outbox_priority_and_failure_notice),
 ]
 
 
