@@ -155,7 +155,8 @@ def _capped(text: str, limit: int) -> str:
 
 
 def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
-            in_full: int | None = None, **extra: Any) -> dict[str, Any]:
+            in_full: int | None = None, max_chars: int | None = None,
+            **extra: Any) -> dict[str, Any]:
     """Everything a template can use; `new` is measured against the last communication.
 
     `in_full`: the newest updates carried in full (default `[emails] updates_in_full`); the
@@ -165,7 +166,7 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
     before = incident.last_sent or {}
     first = incident.last_sent is None
     facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
-    limit = app.config.emails.update_max_chars
+    limit = app.config.emails.update_max_chars if max_chars is None else max_chars
     in_full = app.config.emails.updates_in_full if in_full is None else in_full
     where = (Entry.incident == incident) & Entry.kind.in_(("update", "change", "handover"))
     total = Entry.select().where(where).count()
@@ -342,19 +343,27 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     people = [personal(app, r) for r in to]
     by_email = {r.email: r for r in to}
     in_full = cfg.emails.updates_in_full
+    # Imported here: the outbox module pulls in aiosmtplib, which CLI start-up should not pay.
+    from .outbox import size_limit
+    limit = size_limit(cfg.outbound)
+    max_chars = cfg.emails.update_max_chars
     while True:
-        ctx = context(app, incident, kind, now, in_full=in_full, **extra)
+        ctx = context(app, incident, kind, now, in_full=in_full, max_chars=max_chars, **extra)
         envelope = Envelope(
             sender=cfg.sender, subject=ctx["subject"], date=now, domain=cfg.reply_domain,
             reply_to=ctx["reply_address"], threads=threads,
             extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
         )
         outgoing = app.renderer.personalise(kind, ctx, people, envelope)
-        # Bounded size: older updates are left out (counted in a line) until the biggest
-        # copy fits; a relay refuses what is bigger than it accepts, for everyone.
-        if max(len(o.raw) for o in outgoing) <= cfg.outbound.max_message_size or in_full == 0:
+        # Bounded size: older updates are left out (counted in a line), then the newest is
+        # cut shorter, until the biggest copy fits; a relay refuses what is bigger than it
+        # accepts, for everyone.
+        if max(len(o.raw) for o in outgoing) <= limit or max_chars < 200:
             break
-        in_full //= 2
+        if in_full > 1:
+            in_full //= 2
+        else:
+            max_chars //= 2
     with app.db.atomic():
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
                            [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,

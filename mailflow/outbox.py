@@ -192,6 +192,7 @@ class SMTPTransport:
             raise RelayDown(f"relay {s.host}:{s.port} refused login: {exc}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise RelayDown(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
+        ADVERTISED_SIZE[(s.host, s.port)] = relay_size_limit(smtp)
         return smtp
 
     async def send(self, envelope_from: str, recipient: str, raw: bytes, *,
@@ -286,10 +287,22 @@ class SMTPTransport:
             self._smtp = None
 
 
+# The SIZE each relay advertised when this process last connected to it, by (host, port):
+# communications are rendered to fit it, not only `max_message_size`.
+ADVERTISED_SIZE: dict[tuple[str, int], int] = {}
+
+
 def relay_size_limit(smtp: aiosmtplib.SMTP) -> int:
     """The largest message the relay accepts (EHLO SIZE, RFC 1870); 0 when it set none."""
     value = (smtp.esmtp_extensions.get("size") or "").strip()
     return int(value) if value.isdigit() else 0
+
+
+def size_limit(settings: Outbound) -> int:
+    """The largest email to render: `max_message_size`, or less if the relay said so."""
+    advertised = ADVERTISED_SIZE.get((settings.host, settings.port), 0) if settings.host else 0
+    return min(settings.max_message_size, advertised) if advertised else \
+        settings.max_message_size
 
 
 def make_transport(settings: Outbound, maildir: Path) -> Transport:
@@ -434,6 +447,7 @@ class Outbox:
         # emails, before the first one can go out). It still does past 40 MB, as a backstop.
         db.execute_sql(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP}")
         self.queued = 0  # messages queued by this process: the daemon wakes its sender on a change
+        self.urgent = False  # mail with a priority was queued since the last look
 
     def close(self) -> None:
         """Close the bookkeeping connections (after their last commits)."""
@@ -452,6 +466,8 @@ class Outbox:
         at = _sql_time(now)
         expires = _sql_time(expires_at) if expires_at else None
         self.queued += len(messages)
+        if priority > 0:
+            self.urgent = True  # a drain in progress takes it ahead of the rest of its batch
         self.db.cursor().executemany(
             "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
             "raw, created_at, next_attempt_at, expires_at, attempts, status, last_error, priority) "
@@ -462,6 +478,11 @@ class Outbox:
     def pending(self) -> int:
         """How many messages are not yet sent or failed."""
         return OutMessage.select().where(OutMessage.status.in_(("queued", "sending"))).count()
+
+    def pending_now(self, now: datetime) -> bool:
+        """Whether a message is queued and due at `now` (a drain should start)."""
+        return OutMessage.select().where((OutMessage.status == "queued")
+                                         & (OutMessage.next_attempt_at <= now)).exists()
 
     def claim(self, now: datetime, limit: int = 500) -> list[Claimed]:
         """Take due messages (oldest first, one per recipient at a time) for this sender."""
@@ -478,10 +499,13 @@ class Outbox:
     _DUE = ("((status = 'queued' AND next_attempt_at <= :at) OR (status = 'sending' AND "
             "(claimed_until <= :at OR claimed_by IN (SELECT value FROM json_each(:dead)))))")
     # One message per recipient at a time: nothing earlier to them is still waiting.
+    # A message of higher priority (the lead's reminder) may pass their place in a fan-out.
     _FIRST = ("NOT EXISTS (SELECT 1 FROM outmessage AS e WHERE e.recipient = m.recipient "
-              "AND e.status IN ('queued', 'sending') AND e.id < m.id)")
+              "AND e.status IN ('queued', 'sending') AND e.id < m.id "
+              "AND e.priority >= m.priority)")
 
-    def _claim(self, conn: sqlite3.Connection, now: datetime, limit: int) -> list[Claimed]:
+    def _claim(self, conn: sqlite3.Connection, now: datetime, limit: int,
+               urgent: bool = False) -> list[Claimed]:
         """The claim itself, on the claim lane; raw SQL (peewee objects cost more than SQL).
 
         Marks wait while the write lock is held, so it is held only for the UPDATE (~0.5 ms
@@ -495,11 +519,13 @@ class Outbox:
             "WHERE status = 'sending' AND claimed_by IS NOT NULL") if pid != me and not _alive(pid)]
         params = {"at": _sql_time(now), "dead": json.dumps(dead), "me": me,
                   "until": _sql_time(now + LEASE), "limit": limit}
-        # `id IN (due)` walks the due ids in order, so LIMIT stops early (no sort of them all).
+        # Deadlines before bulk: higher priority first, then in order. `id IN (due)` keeps
+        # the scan to what is due; `urgent` takes only mail with a priority.
+        only = "AND priority > 0 " if urgent else ""
         candidates = conn.execute(
             "SELECT id, incident_id, kind, recipient, envelope_from, raw, created_at, expires_at "
             f"FROM outmessage AS m WHERE id IN (SELECT id FROM outmessage WHERE {self._DUE}) "
-            f"AND {self._FIRST} ORDER BY id LIMIT :limit", params).fetchall()
+            f"{only}AND {self._FIRST} ORDER BY priority DESC, id LIMIT :limit", params).fetchall()
         if not candidates:
             return []
         with self._writing:
@@ -603,6 +629,14 @@ class Outbox:
                 now = clock()
                 if now >= lease_end or stop():
                     return  # what is left stays claimed until the lease ends, then is re-sent
+                if self.urgent:
+                    # The lead's reminder was queued during this drain: it goes next, not
+                    # after the hundreds of messages already claimed.
+                    self.urgent = False
+                    queue.extendleft(reversed(await asyncio.wrap_future(
+                        self._claims.submit(self._claim, now, PREFETCH_AT, True))))
+                    if not queue:
+                        return
                 msg = queue.popleft()
                 if msg.expires_at is not None and now >= msg.expires_at:
                     await _settle(marking)
