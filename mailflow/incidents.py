@@ -14,7 +14,7 @@ from .clock import format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
-from .render import Envelope, Personal, bare_address, one_line
+from .render import Envelope, Personal, bare_address, clean_text, one_line
 from .tokens import reply_address
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ PRIORITY = {"reminder": 2, "handover": 2, "notice": 1, "escalation": 1}
 
 def _capped(text: str, limit: int) -> str:
     """One update's text as an email carries it: at most `limit` characters, visibly cut."""
+    text = clean_text(text)
     return text if len(text) <= limit else text[:limit].rstrip() + "\n" + CONTINUED
 
 
@@ -165,7 +166,8 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
     current = facts_of(incident)
     before = incident.last_sent or {}
     first = incident.last_sent is None
-    facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
+    facts = [Fact(k, clean_text(v), new=not first and before.get(k) != v)
+             for k, v in current.items()]
     limit = app.config.emails.update_max_chars if max_chars is None else max_chars
     in_full = app.config.emails.updates_in_full if in_full is None else in_full
     where = (Entry.incident == incident) & Entry.kind.in_(("update", "change", "handover"))
