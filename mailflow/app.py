@@ -12,8 +12,8 @@ from typing import Any
 from .addresses import rules_of
 from .config import Config, load_config
 from .contacts import Contacts, empty_contacts, load_contacts
-from .models import Incident, open_database
-from .outbox import Claimed, Outbox, Report, Transport, make_transport
+from .models import open_database
+from .outbox import Outbox, Report, Transport, make_transport
 from .render import Renderer
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ class Mailflow:
         self.contacts = contacts
         self.renderer = Renderer(config.templates)
         self.outbox = Outbox(self.db, config.outbound.retry_for)
-        self.outbox.on_failure = self._tell_lead
         # Tests and benchmarks pass a factory for an in-memory or switchable transport.
         self._transport_factory = transport_factory
 
@@ -51,21 +50,6 @@ class Mailflow:
         renderer.check()
         self.config, self.contacts, self.renderer = config, contacts, renderer
         self.outbox.retry_for = config.outbound.retry_for
-
-    def _tell_lead(self, msg: Claimed, error: str, now: datetime) -> None:
-        """A permanent delivery failure is told to the incident lead (once per message)."""
-        from . import incidents as inc
-
-        incident = Incident.get_or_none(Incident.id == msg.incident_id)
-        if incident is None or not incident.lead or msg.kind == "notice" \
-                or msg.recipient == incident.lead:
-            return  # a failed notice is not noticed again (no loops), nor the lead's own
-        lead = inc.add_recipient(self, incident, incident.lead, "as the incident lead", now)
-        inc.communicate(self, incident, "notice", now, to=[lead], marks_sent=False,
-                        title=f"An email of {incident.ref} could not be delivered",
-                        paragraphs=[f"The {msg.kind} email to {msg.recipient} failed: {error}",
-                                    "Check the address in contacts.yaml or with the person; "
-                                    "`mailflow show " + incident.ref + "` lists every delivery."])
 
     def transports(self) -> list[Transport]:
         """One transport per configured concurrent connection."""

@@ -41,6 +41,7 @@ starttls = true
 # password = "..."
 concurrency = 1                  # parallel SMTP connections
 retry_for = "1d"                 # give up on a temporarily failing email after this long
+max_message_size = 1048576       # bytes; no email is bigger (older updates are left out)
 # cafile = "relay-ca.pem"        # the relay's private CA (default: the system's CAs)
 # smtputf8 = false               # true: the relay takes non-ASCII addresses
 
@@ -77,6 +78,11 @@ update_every = {{P0 = "30m", P1 = "1h", P2 = "4h", P3 = "1d"}}
 reminder_before = "10m"
 escalate = ["4h", "1d"]
 handover_after = "7h"
+
+[emails]
+subject_style = "thread"         # "status": the state in every subject (splits Gmail threads)
+updates_in_full = 10             # newest updates carried in full; a line counts the others
+update_max_chars = 20000         # longer update texts are cut in emails (kept in the record)
 """
 
 
@@ -94,6 +100,7 @@ class Outbound:
     retry_for: timedelta = timedelta(days=1)
     cafile: Path | None = None  # a private CA for the relay's certificate; default: the system's
     smtputf8: bool = False  # the relay takes non-ASCII addresses (RFC 6531)
+    max_message_size: int = 1024 * 1024  # no email is bigger (the relay's SIZE may lower it)
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,18 @@ class Cadence:
     handover_after: timedelta = timedelta(hours=7)
 
 
+SUBJECT_STYLES = ("thread", "status")
+
+
+@dataclass(frozen=True)
+class Emails:
+    """How communications read: subjects, and how much of the history each one carries."""
+
+    subject_style: str = "thread"  # "status": the state in every subject
+    updates_in_full: int = 10
+    update_max_chars: int = 20_000
+
+
 @dataclass(frozen=True)
 class Http:
     """The HTTP listener for alert webhooks and one-click unsubscribes (off by default)."""
@@ -276,6 +295,7 @@ class Config:
     http: Http = field(default_factory=Http)
     alerts: Alerts = field(default_factory=Alerts)
     status: StatusPage = field(default_factory=StatusPage)
+    emails: Emails = field(default_factory=Emails)
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -298,13 +318,14 @@ class Config:
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence", "allow_local_domains", "imap", "http", "alerts",
-        "status"}
+        "status", "emails"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
-        "cafile", "smtputf8"}
+        "cafile", "smtputf8", "max_message_size"}
 _IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
        "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout", "max_parts",
        "max_recipients", "receipts", "send_now_every"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
+_EMAILS = {"subject_style", "updates_in_full", "update_max_chars"}
 
 
 def _inbound_limits(inb: dict[str, Any], max_size: int,
@@ -348,6 +369,24 @@ def _reply_settings(inb: dict[str, Any], fail: Callable[[str, str], ConfigError]
     except InvalidInput as exc:
         raise fail("inbound.send_now_every", str(exc)) from None
     return {"receipts": receipts, "send_now_every": send_now_every}
+
+
+def _emails_section(section: Any, fail: Any, get: Any) -> Emails:
+    """The [emails] section: subject style and how much history an email carries."""
+    if not isinstance(section, dict):
+        raise fail("emails", "must be a table ([emails])")
+    unknown = set(section) - _EMAILS
+    if unknown:
+        raise fail(f"emails.{sorted(unknown)[0]}", f"unknown key; known: {', '.join(sorted(_EMAILS))}")
+    style = get(section, "subject_style", str, "thread", "emails.")
+    if style not in SUBJECT_STYLES:
+        raise fail("emails.subject_style", f"{style!r} is not one of {', '.join(SUBJECT_STYLES)}")
+    in_full = get(section, "updates_in_full", int, 10, "emails.")
+    max_chars = get(section, "update_max_chars", int, 20_000, "emails.")
+    if in_full < 1 or max_chars < 200:
+        raise fail("emails.updates_in_full" if in_full < 1 else "emails.update_max_chars",
+                   "too small: at least 1 update and 200 characters")
+    return Emails(subject_style=style, updates_in_full=in_full, update_max_chars=max_chars)
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -510,6 +549,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if isinstance(until, datetime) and until.tzinfo is None:
         until = parse_time(until.isoformat())
     reminder_before = duration(cad.get("reminder_before", "10m"), "cadence.reminder_before")
+    max_message_size = get(out, "max_message_size", int, 1024 * 1024, "outbound.")
+    if max_message_size < 64 * 1024:
+        raise fail("outbound.max_message_size", f"{max_message_size} is too small: an email "
+                                                "needs at least 65536 bytes")
+    emails = _emails_section(data.get("emails", {}), fail, get)
     shortest = min(update_every.values())
     if reminder_before >= shortest:
         raise fail("cadence.reminder_before", f"must be shorter than the shortest update_every "
@@ -536,6 +580,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             retry_for=duration(out.get("retry_for", "1d"), "outbound.retry_for"),
             cafile=cafile,
             smtputf8=get(out, "smtputf8", bool, False, "outbound."),
+            max_message_size=max_message_size,
         ),
         inbound=Inbound(
             mode=mode,
@@ -558,4 +603,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         allow_local_domains=get(data, "allow_local_domains", bool, False),
         imap=imap,
         **_extras(data, base, fail, get, check_keys),
+        emails=emails,
     )

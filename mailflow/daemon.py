@@ -57,6 +57,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._reload = False
         self._contacts_mtime = self._mtime()
+        self._delivering: asyncio.Task[None] | None = None
 
     def _mtime(self) -> float | None:
         try:
@@ -86,7 +87,12 @@ class Daemon:
         return True
 
     async def tick(self) -> None:
-        """Do what is due, then send the outbox (even if some due work failed)."""
+        """Do what is due, then start sending the outbox (even if some due work failed).
+
+        The sending runs as a task of its own: a long fan-out through a slow relay never
+        holds up the next tick's reminders and marks (what they queue with a priority is
+        taken into the running drain).
+        """
         now = self.now()
         try:
             # On a thread: a database locked by another process must not stall the loop.
@@ -94,10 +100,19 @@ class Daemon:
             for line in report.done:
                 log.info("done: %s", line)
         finally:
-            delivery = await self.app.deliver(now, clock=self.now,
-                                              should_stop=self._stop.is_set)
-            if delivery.sent:
-                log.info("sent %d email(s)", delivery.sent)
+            if self._delivering is None or self._delivering.done():
+                self._delivering = asyncio.ensure_future(self._deliver(now))
+
+    async def _deliver(self, now: datetime) -> None:
+        try:
+            delivery = await self.app.deliver(now, clock=self.now, should_stop=self._stop.is_set)
+        except Exception:  # the daemon keeps running; the next tick tries again
+            log.exception("delivery failed")
+            return
+        if delivery.sent:
+            log.info("sent %d email(s)", delivery.sent)
+        if self.app.outbox.pending_now(self.now()):
+            self._wake.set()  # queued while this drain ran: a new one at once
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
@@ -144,6 +159,8 @@ class Daemon:
             for w in waiters:
                 w.cancel()
 
+        if self._delivering is not None:
+            await self._delivering  # it stops between two messages (should_stop)
         sd_notify("STOPPING=1")
         log.info("stopping: no new connections; finishing the transaction in flight")
         server.close()

@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 
 from . import addresses, commands
 from .addresses import STRICT, Rules, rules_of
-from .clock import as_utc, parse_duration
+from .clock import as_utc, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
-from .render import Envelope, Personal, one_line
+from .render import Envelope, Personal, clean_text, one_line
 from .tokens import reply_address
 
 if TYPE_CHECKING:
@@ -155,24 +155,49 @@ def facts_of(incident: Incident, contacts: Contacts | None = None) -> dict[str, 
     return facts
 
 
+CONTINUED = "… (continued in the incident record)"
+# Mail only for the lead or communicator: a subject of its own saying what to do, and not
+# in the stakeholders' conversation (no In-Reply-To to their thread).
+LEAD_KINDS = ("reminder", "notice", "handover")
+# Deadlines before bulk: claimed ahead of a fan-out queued earlier.
+PRIORITY = {"reminder": 2, "handover": 2, "notice": 1, "escalation": 1}
+
+
+def _capped(text: str, limit: int) -> str:
+    """One update's text as an email carries it: at most `limit` characters, visibly cut."""
+    text = clean_text(text)
+    return text if len(text) <= limit else text[:limit].rstrip() + "\n" + CONTINUED
+
+
 def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
+            in_full: int | None = None, max_chars: int | None = None,
             **extra: Any) -> dict[str, Any]:
-    """Everything a template can use; `new` is measured against the last communication."""
+    """Everything a template can use; `new` is measured against the last communication.
+
+    `in_full`: the newest updates carried in full (default `[emails] updates_in_full`); the
+    earlier ones are counted in one line, so an email's size does not grow with the incident.
+    """
     current = facts_of(incident, app.contacts)
     before = incident.last_sent or {}
     first = incident.last_sent is None
-    facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
-    entries = (Entry.select().where((Entry.incident == incident)
-                                    & Entry.kind.in_(("update", "change", "handover", "reopened")))
-               .order_by(Entry.at, Entry.id))
-    items = [Item(e.at, person_label(app.contacts, e.author, with_address=False), e.text,
-                  new=e.communicated_at is None) for e in entries]
+    facts = [Fact(k, clean_text(v), new=not first and before.get(k) != v)
+             for k, v in current.items()]
+    limit = app.config.emails.update_max_chars if max_chars is None else max_chars
+    in_full = app.config.emails.updates_in_full if in_full is None else in_full
+    where = (Entry.incident == incident) & Entry.kind.in_(("update", "change", "handover", "reopened"))
+    total = Entry.select().where(where).count()
+    newest = list(Entry.select().where(where).order_by(Entry.at.desc(), Entry.id.desc())
+                  .limit(in_full))
+    items = [Item(e.at, person_label(app.contacts, e.author, with_address=False),
+                  _capped(e.text, limit), new=e.communicated_at is None)
+             for e in reversed(newest)]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
     ctx: dict[str, Any] = {
         "kind": kind,
         "incident": IncidentView(incident),
         "facts": facts,
         "updates": items,
+        "earlier_updates": total - len(items),
         "has_news": has_news,
         "now": now,
         "elapsed": now - incident.declared_at,
@@ -183,7 +208,66 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
                                        incident.id, app.config.secret),
     }
     ctx.update(extra)
+    ctx["preheader"] = preheader(incident, kind, ctx)
+    ctx["subject"] = subject_of(app, incident, kind, ctx)
     return ctx
+
+
+def _first_line(text: str, width: int = 90) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+def preheader(incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
+    """The preview text an inbox list shows: the kind of email and its news, first."""
+    before = incident.last_sent or {}
+
+    def short(label: str, value: str) -> str:  # "P1 — critical…" -> "P1"; "Degraded" -> "degraded"
+        return value.split()[0] if label == "Severity" and value else value.lower()
+
+    shifts = [f"{short(f.label, before.get(f.label, ''))} → {short(f.label, f.value)}"
+              for f in ctx["facts"] if f.new and f.label in ("Severity", "Scope")]
+    news = [i for i in ctx["updates"] if i.new]
+    if kind == "start":
+        return f"STARTED — {incident.severity} {IMPACTS[incident.impact]} — {incident.summary}"
+    if kind == "update":
+        n = Entry.select().where((Entry.incident == incident) & (Entry.kind == "email")
+                                 & Entry.text.startswith("update email")).count() + 1
+        said = ", ".join(shifts)
+        if news:
+            said = f"{said} — {_first_line(news[-1].text)}" if said else _first_line(news[-1].text)
+        return f"UPDATE {n} — {said or 'no new information; investigation continues'}"
+    if kind == "solved":
+        took = format_duration(max(timedelta(0), (incident.resolved_at or ctx["now"])
+                                   - incident.declared_at))
+        label = "SOLVED" if incident.status == "resolved" else "SOLVED, follow-up pending"
+        return f"{label} after {took} — {_first_line(incident.resolution or incident.summary)}"
+    if kind == "escalation":
+        return (f"ESCALATION after {format_duration(ctx.get('threshold') or ctx['elapsed'])} — "
+                f"a decision is needed: {incident.summary}")
+    if kind == "reminder" and incident.next_comm_at:
+        return (f"Update due at {incident.next_comm_at:%H:%M} UTC — reply to this email to add "
+                "to it, or let it go out as it is")
+    if kind == "handover":
+        return "Time to hand over the lead — reply with `lead: someone@example.org`"
+    return str(ctx.get("title") or incident.subject)
+
+
+def subject_of(app: Mailflow, incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
+    """The Subject: the incident's own for stakeholders; a to-do of its own for the lead."""
+    if kind == "reminder" and incident.next_comm_at:
+        return f"[{incident.ref}] Update due at {incident.next_comm_at:%H:%M} UTC — reply to send it"
+    if kind == "handover":
+        return f"[{incident.ref}] Hand over the lead — you have led it for " \
+               f"{format_duration(ctx.get('led_for') or ctx['elapsed'])}"
+    if kind == "notice":
+        title = str(ctx.get("title") or "")
+        return title if title.startswith(f"[{incident.ref}]") else f"[{incident.ref}] {title}"
+    if app.config.emails.subject_style == "status":
+        # The state up front, the stable part after: what the team asked for, at the cost of
+        # Gmail's conversation (it threads only identical subjects).
+        return f"{ctx['preheader'].split(' — ')[0]} · {incident.subject}"
+    return incident.subject
 
 
 class IncidentView:
@@ -270,23 +354,40 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
                   .order_by(Recipient.id))
     if not to:
         return []
-    ctx = context(app, incident, kind, now, **extra)
     cfg = app.config
-    threads = {r.email: r.first_message_id for r in to if r.first_message_id}
-    envelope = Envelope(
-        sender=cfg.sender, subject=incident.subject, date=now, domain=cfg.reply_domain,
-        reply_to=ctx["reply_address"], threads=threads,
-        extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
-    )
+    own_thread = kind in LEAD_KINDS
+    threads = {} if own_thread else {r.email: r.first_message_id for r in to if r.first_message_id}
+    people = [personal(app, r) for r in to]
     by_email = {r.email: r for r in to}
-    outgoing = app.renderer.personalise(kind, ctx, [personal(app, r) for r in to], envelope)
+    in_full = cfg.emails.updates_in_full
+    # Imported here: the outbox module pulls in aiosmtplib, which CLI start-up should not pay.
+    from .outbox import size_limit
+    limit = size_limit(cfg.outbound)
+    max_chars = cfg.emails.update_max_chars
+    while True:
+        ctx = context(app, incident, kind, now, in_full=in_full, max_chars=max_chars, **extra)
+        envelope = Envelope(
+            sender=cfg.sender, subject=ctx["subject"], date=now, domain=cfg.reply_domain,
+            reply_to=ctx["reply_address"], threads=threads,
+            extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
+        )
+        outgoing = app.renderer.personalise(kind, ctx, people, envelope)
+        # Bounded size: older updates are left out (counted in a line), then the newest is
+        # cut shorter, until the biggest copy fits; a relay refuses what is bigger than it
+        # accepts, for everyone.
+        if max(len(o.raw) for o in outgoing) <= limit or max_chars < 200:
+            break
+        if in_full > 1:
+            in_full //= 2
+        else:
+            max_chars //= 2
     with app.db.atomic():
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
                            [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
-                           expires_at=expires_at)
+                           expires_at=expires_at, priority=PRIORITY.get(kind, 0))
         for o in outgoing:
             r = by_email[o.recipient.email]
-            if not r.first_message_id:
+            if not r.first_message_id and not own_thread:
                 Recipient.update(first_message_id=o.message_id).where(
                     Recipient.id == r.id).execute()
         names = ", ".join(o.recipient.email for o in outgoing[:20])

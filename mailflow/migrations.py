@@ -279,6 +279,12 @@ def _m0007_inmessage_digest(db: Database, migrator: SchemaMigrator) -> None:
     _add_index(db, "inmessage", ("digest",))
 
 
+def _m0008_outbox_priority_and_failure_notice(db: Database, migrator: SchemaMigrator) -> None:
+    """Mail for the lead goes ahead of a fan-out; a failure is told to the lead once."""
+    _add_column(db, migrator, "outmessage", "priority", IntegerField(default=0))
+    _add_column(db, migrator, "outmessage", "failure_told_at", DateTimeField(null=True))
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
@@ -287,6 +293,8 @@ MIGRATIONS: list[Migration] = [
     Migration("0005_outbox_expires_at", _m0005_outbox_expires_at),
     Migration("0006_alerts_status_subscribers", _m0006_alerts_status_subscribers),
     Migration("0007_inmessage_digest", _m0007_inmessage_digest),
+    Migration("0008_outbox_priority_and_failure_notice",
+              _m0008_outbox_priority_and_failure_notice),
 ]
 
 

@@ -146,6 +146,8 @@ class OutMessage(BaseModel):
     expires_at = UTCDateTimeField(null=True)  # a reminder is worthless after its deadline
     sent_at = UTCDateTimeField(null=True)
     last_error = TextField(default="")
+    priority = IntegerField(default=0)  # higher first: mail for the lead before a fan-out
+    failure_told_at = UTCDateTimeField(null=True)  # its failure is in a notice to the lead
 
     class Meta:
         indexes = (

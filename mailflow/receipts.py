@@ -77,6 +77,18 @@ def suggestion(name: str) -> str:
     return name if name in cmd.BARE else f"{name}:"
 
 
+def _preheader(receipt: Receipt) -> str:
+    """The inbox preview line: what happened to the reply, in a few words."""
+    if receipt.held:
+        return "Held: a line looks like a command but is none; nothing was posted"
+    parts = [f"Applied: {', '.join(receipt.applied)}"] if receipt.applied else []
+    if receipt.refused:
+        parts.append(f"refused: {len(receipt.refused)} line(s)")
+    if receipt.authority:
+        parts.append("your command lines were posted as text")
+    return "; ".join(parts) or ("Your reply was posted" if receipt.posted else "Nothing changed")
+
+
 def queue_receipt(app: Mailflow, incident: Incident, reply: Reply, receipt: Receipt,
                   now: datetime) -> str | None:
     """Queue the receipt; its Message-ID, or None when none may be sent."""
@@ -102,6 +114,7 @@ def queue_receipt(app: Mailflow, incident: Incident, reply: Reply, receipt: Rece
                       if incident.next_comm_at and incident.is_open else ""),
         "now": now,
         "reply_address": address,
+        "preheader": _preheader(receipt),
     }
     text = app.renderer.text("receipt", ctx, recipient)
     html = app.renderer.preview("receipt", ctx, recipient)

@@ -577,15 +577,19 @@ def _dsn_address(value: str) -> str:
     return _bare_address(value.split(";", 1)[-1])
 
 
-def _dsn_recipients(part: Message) -> list[str]:
-    """Failed recipients of one message/delivery-status part (per-recipient blocks)."""
+def _dsn_recipients(part: Message, reasons: list[str] | None = None) -> list[str]:
+    """Failed recipients of one message/delivery-status part (per-recipient blocks).
+
+    `reasons`, when given, receives each failure's Status and Diagnostic-Code (RFC 3464).
+    """
     blocks: list[dict[str, str]] = []
     payload = part.get_payload()
     if isinstance(payload, list):
         for block in payload:
             if isinstance(block, Message):
                 fields = {}
-                for name in ("final-recipient", "original-recipient", "action"):
+                for name in ("final-recipient", "original-recipient", "action", "status",
+                             "diagnostic-code"):
                     value = _header(block, name)
                     if value:
                         fields[name] = value
@@ -607,10 +611,17 @@ def _dsn_recipients(part: Message) -> list[str]:
             address = _dsn_address(fields.get(name, ""))
             if address:
                 found.append(address)
+        if reasons is not None:
+            status = fields.get("status", "").strip()
+            diagnostic = " ".join(fields.get("diagnostic-code", "").split())
+            said = "; ".join(x for x in (f"status {status}" if status else "", diagnostic) if x)
+            if said:
+                reasons.append(_one_line(said, 300))
     return found
 
 
-def _bounced_recipients(msg: Message | None) -> tuple[str, ...]:
+def _bounced_recipients(msg: Message | None,
+                        reasons: list[str] | None = None) -> tuple[str, ...]:
     """Failed recipients named by the DSN parts and X-Failed-Recipients, deduplicated."""
     found: list[str] = []
     if msg is not None:
@@ -621,7 +632,7 @@ def _bounced_recipients(msg: Message | None) -> tuple[str, ...]:
             visited += 1
             ctype = _content_type(part)
             if ctype == "message/delivery-status":
-                found.extend(_dsn_recipients(part))
+                found.extend(_dsn_recipients(part, reasons))
                 continue
             if ctype.startswith("message/") or ctype == "text/rfc822-headers":
                 continue  # the returned original names its own recipients, not the failed ones
@@ -810,7 +821,10 @@ def _parse_reply(raw: bytes, envelope_from: str | None) -> Reply:
     subject = _one_line(_decode_header_words(_header(msg, "subject")))
     message_id = _message_id(_header(msg, "message-id"))
     is_auto, is_bounce, reason = _classify(msg, envelope_from, sender)
-    bounced = _bounced_recipients(msg) if is_bounce else ()
+    reasons: list[str] = []
+    bounced = _bounced_recipients(msg, reasons) if is_bounce else ()
+    if reasons:  # what the reporting MTA said: recorded against the recipient, shown by `show`
+        reason = " | ".join(dict.fromkeys(reasons))
     own_text = extract_text(body, sender_name)
     parsed = parse(own_text)
     return Reply(

@@ -160,9 +160,10 @@ def test_permanent_failure_is_recorded_and_does_not_block_others(project: Path,
     starts = [r for r in sink.received if r.message["X-Mailflow-Kind"] == "start"]
     assert sorted(r.rcpt_tos[0] for r in starts) == [
         "ana@example.org", "student-council@example.org"]
+    assert run(project, "tick").exit_code == 0  # the failure notice is the scheduler's job
     [told] = [r for r in sink.received if r.message["X-Mailflow-Kind"] == "notice"]
     assert told.rcpt_tos == ["ana@example.org"], "the lead is told"
-    assert "ops-team@example.org failed: 550" in told.message.get_body(("plain",)).get_content()
+    assert "ops-team@example.org: 550" in told.message.get_body(("plain",)).get_content()
     shown = json.loads(run(project, "show", "INC-1", "--json").stdout)
     ops = next(r for r in shown["recipients"] if r["email"] == "ops-team@example.org")
     assert ops["status"] == "failed" and "550" in ops["error"]

@@ -203,7 +203,9 @@ def test_dsn_bounce() -> None:
     reply = parse_reply(load("dsn_bounce.eml"), envelope_from="")
     assert_clean(reply)
     assert reply.is_bounce and not reply.is_auto_reply
-    assert reply.reason == "Content-Type: multipart/report; report-type=delivery-status"
+    # The DSN's own Status and Diagnostic-Code: recorded against the recipient, shown by `show`.
+    assert reply.reason == ("status 5.1.1; smtp; 550 5.1.1 <gone@example.org>: Recipient "
+                            "address rejected: User unknown")
     # Final-Recipient and Original-Recipient name the same mailbox; the returned original's
     # own To: is not read.
     assert reply.bounced_recipients == ("gone@example.org",)
