@@ -7,12 +7,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from . import statuspage
+from .addresses import rules_of
 from .config import Config, load_config
 from .contacts import Contacts, empty_contacts, load_contacts
-from .models import Incident, open_database
-from .outbox import Claimed, Outbox, Report, Transport, make_transport
+from .models import open_database
+from .outbox import Outbox, Report, Transport, make_transport
 from .render import Renderer
 
 log = logging.getLogger(__name__)
@@ -26,11 +28,11 @@ class Mailflow:
         self.config = config
         self.db = open_database(config.database)
         if contacts is None:
-            contacts = load_contacts(config.contacts) if config.contacts.exists() else empty_contacts()
+            contacts = load_contacts(config.contacts, rules_of(config)) \
+                if config.contacts.exists() else empty_contacts()
         self.contacts = contacts
         self.renderer = Renderer(config.templates)
         self.outbox = Outbox(self.db, config.outbound.retry_for)
-        self.outbox.on_failure = self._tell_lead
         # Tests and benchmarks pass a factory for an in-memory or switchable transport.
         self._transport_factory = transport_factory
 
@@ -44,26 +46,11 @@ class Mailflow:
         if config.path is not None:
             config = replace(load_config(config.path), database=self.config.database,
                              inbound=self.config.inbound)
-        contacts = load_contacts(config.contacts)
+        contacts = load_contacts(config.contacts, rules_of(config))
         renderer = Renderer(config.templates)
         renderer.check()
         self.config, self.contacts, self.renderer = config, contacts, renderer
         self.outbox.retry_for = config.outbound.retry_for
-
-    def _tell_lead(self, msg: Claimed, error: str, now: datetime) -> None:
-        """A permanent delivery failure is told to the incident lead (once per message)."""
-        from . import incidents as inc
-
-        incident = Incident.get_or_none(Incident.id == msg.incident_id)
-        if incident is None or not incident.lead or msg.kind == "notice" \
-                or msg.recipient == incident.lead:
-            return  # a failed notice is not noticed again (no loops), nor the lead's own
-        lead = inc.add_recipient(self, incident, incident.lead, "as the incident lead", now)
-        inc.communicate(self, incident, "notice", now, to=[lead], marks_sent=False,
-                        title=f"An email of {incident.ref} could not be delivered",
-                        paragraphs=[f"The {msg.kind} email to {msg.recipient} failed: {error}",
-                                    "Check the address in contacts.yaml or with the person; "
-                                    "`mailflow show " + incident.ref + "` lists every delivery."])
 
     def transports(self) -> list[Transport]:
         """One transport per configured concurrent connection."""
@@ -73,10 +60,16 @@ class Mailflow:
         return [make_transport(self.config.outbound, self.config.maildir) for _ in range(n)]
 
     async def deliver(self, now: datetime, clock: Callable[[], datetime] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> Report:
-        """Send everything in the outbox that is due at `now` (see Outbox.deliver)."""
+                      should_stop: Callable[[], bool] | None = None,
+                      on_attempt: Callable[[], None] | None = None) -> Report:
+        """Send everything in the outbox that is due at `now` (see Outbox.deliver).
+
+        `on_attempt` is called after each message handed to a transport (a progress bar).
+        """
         statuspage.flush(self, now)  # after the change that queued this mail has committed
         transports = self.transports()
+        if on_attempt is not None:
+            transports = [Counted(t, on_attempt) for t in transports]
         try:
             return await self.outbox.deliver(transports[0], now, len(transports), transports[1:],
                                              clock=clock, should_stop=should_stop)
@@ -84,12 +77,30 @@ class Mailflow:
             for t in transports:
                 await t.close()
 
-    def deliver_now(self, now: datetime) -> Report:
+    def deliver_now(self, now: datetime, on_attempt: Callable[[], None] | None = None) -> Report:
         """Synchronous wrapper for the CLI."""
-        return asyncio.run(self.deliver(now))
+        return asyncio.run(self.deliver(now, on_attempt=on_attempt))
 
     def close(self) -> None:
         """Close the database."""
         statuspage.wait(self)  # a CLI command lets its status page upload finish
         self.outbox.close()
         self.db.close()
+
+
+class Counted:
+    """A transport that calls `on_attempt` after every message it tried to send."""
+
+    def __init__(self, inner: Transport, on_attempt: Callable[[], None]) -> None:
+        self.inner, self.on_attempt = inner, on_attempt
+
+    async def send(self, envelope_from: str, recipient: str, raw: bytes, **kwargs: Any) -> None:
+        """Send through the wrapped transport, then count the attempt (sent or not)."""
+        try:
+            await self.inner.send(envelope_from, recipient, raw, **kwargs)
+        finally:
+            self.on_attempt()
+
+    async def close(self) -> None:
+        """Close the wrapped transport."""
+        await self.inner.close()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +18,16 @@ import peewee
 from . import clock
 from . import incidents as inc
 from .app import Mailflow
+from .clock import parse_duration
 from .config import EXAMPLE_TOML, find_config, load_config
-from .contacts_cli import contacts
-from .errors import MailflowError
+from .contacts_cli import HelpGroup, contacts
+from .errors import InvalidInput, MailflowError
 from .models import Incident, OutMessage
 from .outbox import Report
 from .render import Personal, builtin_templates
 
 
-class Group(click.Group):
+class Group(HelpGroup):
     """Turns every MailflowError into a one-line `Error: …` and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -34,6 +38,10 @@ class Group(click.Group):
         except peewee.OperationalError as exc:
             raise click.ClickException(
                 f"database: {exc}; is another mailflow holding it? try again") from None
+        except BrokenPipeError:
+            # The reader went away (`mailflow show INC-1 | head`): click's main() exits 1
+            # without a word, like other Unix tools.
+            raise
         except OSError as exc:
             raise click.ClickException(f"{exc.filename or 'file'}: {exc.strerror or exc}") \
                 from None
@@ -65,20 +73,94 @@ def default_author() -> str:
     return os.environ.get("MAILFLOW_USER") or os.environ.get("USER") or "cli"
 
 
-author_option = click.option("--author", default=default_author, show_default="$MAILFLOW_USER",
-                             help="Who is acting (recorded in the timeline).")
+author_option = click.option(
+    "--author", default=default_author, show_default="$MAILFLOW_USER, else your login name",
+    help="Who is acting, recorded in the timeline. Set MAILFLOW_USER=you@example.org once "
+         "in your shell so that every command records your address.")
+
+# Below this many emails a delivery is quick: no progress bar.
+PROGRESS_FROM = 50
 
 
-def deliver(app: Mailflow, now: Any) -> Report:
-    """Deliver what is queued; a relay outage is an error, but the mail stays queued."""
-    report = app.deliver_now(now)
-    if report.retrying or report.failed:
+def on_terminal() -> bool:
+    """Progress bars go to stderr, and only when a person watches it."""
+    return sys.stderr.isatty()
+
+
+def preparing(what: str) -> None:
+    """On a terminal, say what the next seconds are spent on (10,000 emails take ~15 s)."""
+    if on_terminal():
+        click.echo(f"preparing the {what}…", err=True)
+
+
+def deliver(app: Mailflow, now: Any, what: str = "", ids: Sequence[str] = (),
+            incident: Incident | None = None, err: bool = False) -> Report:
+    """Deliver what is queued and say what went where; any email not sent is an error.
+
+    `ids` are the Message-IDs of the communication just queued (`what`, e.g. "update"):
+    the summary counts those, not the other mail that went out in the same run. A relay
+    outage is an error too, but the mail stays queued for `tick` or the daemon.
+    """
+    total = app.outbox.pending()
+    if total >= PROGRESS_FROM and on_terminal():
+        with click.progressbar(length=total, label=f"sending {total} emails",
+                               file=sys.stderr) as bar:
+            report = app.deliver_now(now, on_attempt=lambda: bar.update(1))
+    else:
+        report = app.deliver_now(now)
+    unsent: list[OutMessage] = []
+    if incident is not None and ids:
+        wanted = set(ids)
+        # Only what is not sent is read back: a few rows, however large the fan-out.
+        unsent = [m for m in OutMessage.select().where(
+            (OutMessage.incident == incident) & (OutMessage.status != "sent"))
+            if m.message_id in wanted]
+        click.echo(f"{what} sent to {len(ids) - len(unsent)} of {len(ids)}", err=err)
+        for m in unsent[:20]:
+            why = m.last_error or "not tried yet"
+            click.echo(f"  not sent to {m.recipient} ({m.status}): {why}", err=err)
+        if len(unsent) > 20:
+            click.echo(f"  and {len(unsent) - 20} more; `mailflow show {incident.ref}` lists "
+                       "them all", err=err)
+    if report.retrying:
         waiting = app.outbox.pending()
         raise MailflowError(
             f"{report.errors[0]}; {waiting} email(s) wait in the outbox and "
-            "`mailflow tick` (or the daemon) retries them"
-            if report.retrying else f"{report.failed} email(s) failed: {report.errors[0]}")
+            "`mailflow tick` (or the daemon) retries them")
+    failed = [m for m in unsent if m.status == "failed"]
+    if failed:
+        first = failed[0]
+        raise MailflowError(
+            f"{len(failed)} of {len(ids)} {what} email(s) failed, first {first.recipient}: "
+            f"{first.last_error}; fix the address in contacts.yaml (the lead is told)")
+    if report.failed:
+        raise MailflowError(f"{report.failed} email(s) failed: {report.errors[0]}")
     return report
+
+
+def check_next_update(value: str) -> None:
+    """Refuse a --next-update that is no time of day (25:00) or beyond any sensible mark."""
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})(?:\s*utc)?\s*", value, re.IGNORECASE)
+    if m:
+        if int(m.group(1)) > 23 or int(m.group(2)) > 59:
+            raise InvalidInput(f"--next-update {value!r} is not a time of day: write HH:MM "
+                               "from 00:00 to 23:59 (UTC), or a duration such as 30m")
+        return
+    if parse_duration(value, what="--next-update") > MAX_NEXT_UPDATE:
+        raise InvalidInput(f"--next-update {value!r} is too far ahead: the next communication "
+                           f"must be within {MAX_NEXT_UPDATE.days} days")
+
+
+# Stakeholders expect news at least this often; a longer wait is a typo (3000000d).
+MAX_NEXT_UPDATE = timedelta(days=30)
+
+
+def when(iso: str | None, today: date) -> str:
+    """An ISO time for people: `14:05` today, `2026-11-23 14:05` on any other day."""
+    if not iso:
+        return ""
+    at = datetime.fromisoformat(iso)
+    return f"{at:%H:%M}" if at.date() == today else f"{at:%Y-%m-%d %H:%M}"
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,27 +172,67 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """Incident communication over plain email.
 
     \b
-    Example:
+    Example (a first run in an empty folder; the emails land in ./mail/):
       mailflow init
-      mailflow declare --service learn --severity P1 --impact outage --summary "502s"
+      mailflow declare --service learn --severity P1 --impact outage \\
+          --summary "Learn platform returns 502" --lead ana@example.org
+      mailflow show INC-1
     """
     ctx.obj = State(config_path)
     ctx.call_on_close(ctx.obj.close)
 
 
+SYSTEM_CONFIG = Path("/etc/mailflow")
+SYSTEM_STATE = Path("/var/lib/mailflow")
+
+
+def example_config(state: Path | None) -> str:
+    """The example mailflow.toml; with `state`, its database and Maildir live there."""
+    text = EXAMPLE_TOML.format(secret=secrets.token_hex(24))
+    if state is None:
+        return text
+    lines = {'database = "mailflow.db"': f'database = "{state / "mailflow.db"}"',
+             '# maildir = "mail"': f'maildir = "{state / "mail"}"'}
+    out = []
+    for line in text.splitlines(keepends=True):
+        key = next((k for k in lines if line.startswith(k)), None)
+        out.append(lines.pop(key) + "\n" if key else line)
+    if lines:  # the example changed shape: fail loudly rather than write a wrong config
+        raise MailflowError(f"cannot place the state paths in the example config: {list(lines)}")
+    return "".join(out)
+
+
 @cli.command()
-@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=".",
-              help="Where to write the files (default: here).")
-def init(folder: Path) -> None:
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the files (default: here; /etc/mailflow with --system).")
+@click.option("--system", is_flag=True,
+              help="For the systemd unit: config in /etc/mailflow, database and Maildir in "
+                   "$STATE_DIRECTORY, else /var/lib/mailflow. Run it as the service's user.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the database and the Maildir in this folder (absolute paths).")
+def init(folder: Path | None, system: bool, state_dir: Path | None) -> None:
     """Write mailflow.toml and contacts.yaml; never overwrites an existing file.
 
     \b
     Example:
       mailflow init && mailflow contacts check
+      runuser -u mailflow -- /opt/mailflow/bin/mailflow init --system
     """
+    if system:
+        folder = folder or SYSTEM_CONFIG
+        state_dir = state_dir or Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+                                      or SYSTEM_STATE)
+    folder = folder or Path(".")
     folder.mkdir(parents=True, exist_ok=True)
+    if state_dir is not None:
+        state_dir = state_dir.absolute()
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            raise MailflowError(f"{state_dir}: not writable by you; run `mailflow init` as the "
+                                "user the service runs as (e.g. runuser -u mailflow -- …)")
     files = {
-        "mailflow.toml": EXAMPLE_TOML.format(secret=secrets.token_hex(24)),
+        "mailflow.toml": example_config(state_dir),
+        # A copy, never a link: `mailflow contacts add` edits this file, not the package.
         "contacts.yaml": (builtin_templates() / "contacts.yaml").read_text(encoding="utf-8"),
     }
     for name, text in files.items():
@@ -122,11 +244,14 @@ def init(folder: Path) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         click.echo(f"wrote {path}")
+    if state_dir is not None:
+        click.echo(f"database and Maildir: {state_dir}")
 
 
 @cli.command()
 @click.option("--service", required=True, help="Service key from contacts.yaml.")
-@click.option("--severity", required=True, help="P0, P1, P2 or P3 (seeds/002).")
+@click.option("--severity", required=True,
+              help="P0 (critical), P1 (high), P2 (medium) or P3 (low).")
 @click.option("--impact", required=True, help="outage (complete downtime) or degraded.")
 @click.option("--summary", required=True, help="One line: what is broken.")
 @click.option("--impacted", multiple=True, metavar="EMAIL",
@@ -134,14 +259,19 @@ def init(folder: Path) -> None:
 @click.option("--eta", default="", help="How long it will last, or what makes it uncertain.")
 @click.option("--started", default="", help="What has been started.")
 @click.option("--next-steps", default="", help="The next debugging steps.")
-@click.option("--lead", default=None, metavar="EMAIL", help="The incident lead.")
+@click.option("--lead", default=None, metavar="EMAIL",
+              help="The incident lead (default: the first of the service's `oncall` people "
+                   "in contacts.yaml).")
 @click.option("--queue-only", is_flag=True, help="Queue the start emails; `tick` sends them.")
 @author_option
 @pass_state
 def declare(state: State, service: str, severity: str, impact: str, summary: str,
             impacted: tuple[str, ...], eta: str, started: str, next_steps: str,
             lead: str | None, queue_only: bool, author: str) -> None:
-    """Declare an incident and send the start notification. Prints the reference first.
+    """Declare an incident and send the start notification; prints the reference first.
+
+    An incident always has a lead, who gets the reminders: --lead, else the first of the
+    service's `oncall` people in contacts.yaml.
 
     \b
     Example:
@@ -149,16 +279,20 @@ def declare(state: State, service: str, severity: str, impact: str, summary: str
           --summary "Learn platform returns 502" --lead ana@example.org
     """
     app, now = state.app, clock.now()
+    preparing("start notification")
     incident = inc.declare(app, now, service=service, severity=severity, impact=impact,
                            summary=summary, impacted=impacted, eta=eta, started=started,
                            next_steps=next_steps, lead=lead, author=author)
     click.echo(incident.ref)
-    queued = OutMessage.select().where(OutMessage.incident == incident).count()
-    click.echo(f"start notification queued for {queued} recipient(s); "
+    ids = [m.message_id for m in OutMessage.select(OutMessage.message_id).where(
+        (OutMessage.incident == incident) & (OutMessage.kind == "start"))]
+    if not lead:
+        click.echo(f"lead: {incident.lead} (first on call for {incident.service})", err=True)
+    click.echo(f"start notification queued for {len(ids)} recipient(s); "
                f"next communication at {incident.next_comm_at:%H:%M} UTC", err=True)
+    # Stdout holds only the reference, for `ref=$(mailflow declare …)`.
     if not queue_only:
-        report = deliver(app, now)
-        click.echo(f"sent {report.sent}", err=True)
+        deliver(app, now, "start notification", ids, incident, err=True)
 
 
 @cli.command()
@@ -192,7 +326,7 @@ def tick(state: State) -> None:
 @click.option("--started", default=None, help="What has been started.")
 @click.option("--next-steps", default=None, help="The next debugging steps.")
 @click.option("--next-update", default=None, metavar="30m|14:30",
-              help="Move the next communication mark.")
+              help="Move the next communication mark: in a duration, or at HH:MM UTC.")
 @click.option("--send", is_flag=True, help="Send the update now instead of at the next mark.")
 @author_option
 @pass_state
@@ -214,20 +348,22 @@ def update(state: State, ref: str, text: str, severity: str | None, impact: str 
             and not send:
         raise MailflowError("nothing to do: give --text, a field to change, --next-update "
                             "or --send")
+    if next_update:
+        check_next_update(next_update)
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
     with inc.locked(app, incident):
-        if any(v is not None for v in changes.values()):
-            inc.change(app, incident, now, author, **changes)
-        if text.strip():
-            inc.post_update(app, incident, text, author, now)
-        if next_update:
-            inc.set_next_update(app, incident, next_update, now, author)
+        # One call, one timeline entry: the text first, the changes on one line.
+        action = inc.apply_update(app, incident, now, author, text=text, fields=changes,
+                                  next_update=next_update, strict=True)
+        if send:
+            preparing("update")
         msgs = inc.send_update(app, incident, now) if send else []
+        if send and next_update:  # the time given wins over the cadence
+            inc.schedule_mark(app, incident, action.next_comm_at, now)
     if send:
-        report = deliver(app, now)
-        click.echo(f"update sent to {report.sent} of {len(msgs)}; next communication at "
-                   f"{incident.next_comm_at:%H:%M} UTC")
+        click.echo(f"next communication at {incident.next_comm_at:%H:%M} UTC")
+        deliver(app, now, "update", msgs, incident)
     else:
         click.echo(f"recorded; it goes out at {incident.next_comm_at:%H:%M} UTC")
 
@@ -247,11 +383,11 @@ def resolve(state: State, ref: str, steps: str, follow_up: str, author: str) -> 
     """
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
+    preparing("solved notification")
     solved = inc.resolve(app, incident, now, steps, author, follow_up=follow_up)
-    deliver(app, now)
-    lead = f"; postmortem draft sent to {incident.lead}" if incident.lead else ""
-    click.echo(f"{incident.ref} {incident.status}; solved notification sent to "
-               f"{len(solved)}{lead}")
+    lead = f"; the postmortem draft goes to {incident.lead}" if incident.lead else ""
+    click.echo(f"{incident.ref} {incident.status}{lead}")
+    deliver(app, now, "solved notification", solved, incident)
 
 
 @cli.command()
@@ -268,9 +404,30 @@ def close(state: State, ref: str, note: str, author: str) -> None:
     """
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
-    inc.close(app, incident, now, author, note)
-    report = deliver(app, now)
-    click.echo(f"{incident.ref} closed; final notice sent to {report.sent}")
+    final = inc.close(app, incident, now, author, note)
+    click.echo(f"{incident.ref} closed")
+    deliver(app, now, "final notice", final, incident)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--text", default="", help="Why: what is seen again (shown in the update).")
+@author_option
+@pass_state
+def reopen(state: State, ref: str, text: str, author: str) -> None:
+    """Reopen a resolved incident: open again with its cadence, and everyone is told.
+
+    \b
+    Example:
+      mailflow reopen INC-1 --text "Seeing 502s again since 14:10"
+    """
+    app, now = state.app, clock.now()
+    incident = inc.get_incident(ref)
+    preparing("update")
+    sent = inc.reopen(app, incident, now, author, text=text)
+    click.echo(f"{incident.ref} open again; next communication at "
+               f"{incident.next_comm_at:%H:%M} UTC")
+    deliver(app, now, "update", sent, incident)
 
 
 @cli.command("list")
@@ -327,19 +484,40 @@ def show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{data['ref']}  {data['subject']}")
-    for key in ("status", "severity", "impact", "summary", "lead", "declared_at",
-                "next_communication_at", "resolved_at"):
-        if data[key]:
-            click.echo(f"  {key:<22} {data[key]}")
-    click.echo("recipients:")
+    for line in show_lines(data, clock.now().date()):
+        click.echo(line)
+
+
+def show_lines(data: dict[str, Any], today: date) -> list[str]:
+    """`mailflow show` for people: times to the minute (UTC), a date on any other day."""
+    def utc(iso: str | None) -> str:
+        return f"{when(iso, today)} UTC" if iso else ""
+
+    subject = data["subject"]
+    lines = [subject if data["ref"] in subject else f"{data['ref']}  {subject}"]
+    fields = [("status", data["status"]), ("severity", data["severity"]),
+              ("impact", data["impact"]), ("summary", data["summary"]),
+              ("lead", data["lead"]), ("communicator", data["communicator"]),
+              ("scribe", data["scribe"]),
+              ("declared", utc(data["declared_at"])),
+              ("next communication", utc(data["next_communication_at"])),
+              ("resolved", utc(data["resolved_at"]))]
+    lines += [f"  {label:<19} {value}" for label, value in fields if value]
+    lines.append("recipients:")
     for r in data["recipients"]:
         states = ", ".join(f"{m['kind']} {m['status']}" for m in r["messages"]) or "nothing yet"
-        click.echo(f"  {r['email']:<32} {r['status']:<7} {states}")
-    click.echo("timeline:")
-    for e in data["timeline"]:
+        lines.append(f"  {r['email']:<32} {r['status']:<7} {states}")
+    lines.append("timeline (UTC):")
+    times = [when(e["at"], today) for e in data["timeline"]]
+    width = max(map(len, times), default=5)
+    for e, at in zip(data["timeline"], times):
         who = f" [{e['author']}]" if e["author"] else ""
-        click.echo(f"  {e['at'][:16].replace('T', ' ')} {e['kind']:<10}{who} {e['text']}")
+        head = f"  {at:>{width}} {e['kind']:<10}{who} "
+        first, *rest = (e["text"] or "").splitlines() or [""]
+        lines.append(head + first)
+        # Later lines of a multi-line update stay under the entry, not in the time column.
+        lines += [" " * len(head) + line if line.strip() else "" for line in rest]
+    return lines
 
 
 @cli.command()
@@ -380,8 +558,10 @@ def preview(state: State, ref: str, kind: str, out: Path | None, as_text: bool) 
 
 @cli.command()
 @click.option("--host", default=None, help="Override [inbound] host.")
-@click.option("--port", type=int, default=None, help="Override [inbound] port (0: any free).")
-@click.option("--tick", "tick_seconds", type=float, default=5.0, show_default=True,
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Override [inbound] port (0: any free).")
+@click.option("--tick", "tick_seconds", type=click.FloatRange(0.1, 3600), default=5.0,
+              show_default=True,
               help="Seconds between scheduler ticks.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @pass_state
@@ -439,6 +619,10 @@ def parse_reply_cmd(file: Any, as_json: bool) -> None:
         click.echo(f"AUTO-REPLY, never posted ({reply.reason})")
     for command in reply.commands:
         click.echo(f"command:  {command.name}{': ' + command.value if command.value else ''}")
+    for refused in reply.refused:
+        click.echo(f"refused:  {refused.line} ({refused.reason})")
+    for look in reply.lookalikes:
+        click.echo(f"HELD:     {look.line} (did you mean `{look.suggestion}`?)")
     click.echo("text:" if reply.text else "text:     (nothing of the sender's own)")
     for line in reply.text.splitlines():
         click.echo(f"  {line}")
@@ -496,7 +680,7 @@ def add_recipient(state: State, ref: str, emails: tuple[str, ...], author: str) 
 @author_option
 @pass_state
 def postmortem(state: State, ref: str, out: Path | None, done: bool, author: str) -> None:
-    """Write the postmortem draft (seeds/002 template) of a resolved incident, or mark it done.
+    """Write the postmortem draft of a resolved incident, or mark it done.
 
     \b
     Example:
@@ -536,7 +720,26 @@ _register_alerts()
 
 def main() -> None:
     """Entry point of the `mailflow` script."""
-    cli(prog_name="mailflow")
+    try:
+        cli(prog_name="mailflow")  # click exits through SystemExit, even on success
+    finally:
+        flush_or_quit()
+
+
+def flush_or_quit() -> None:
+    """Flush stdout now, so that a reader that left (`| head`) is noticed here, not at exit."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quit_quietly()
+
+
+def quit_quietly() -> None:
+    """The reader of our output went away: exit 1 without a word, as other Unix tools do."""
+    # Python would otherwise complain when it flushes stdout once more at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
 
 
 if __name__ == "__main__":

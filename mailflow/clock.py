@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 from .errors import InvalidInput
@@ -44,7 +45,10 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
         pos = m.end()
     if not s or pos != len(s) or total <= 0:
         raise InvalidInput(f"{what}: {text!r} is not a duration; write e.g. 30m, 1h, 1h30m, 1d")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:  # more days than a timedelta holds: a typo, never a real wait
+        raise InvalidInput(f"{what}: {text!r} is far too long; write e.g. 30m, 1h, 1d") from None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -65,3 +69,8 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def monotonic() -> float:
+    """Seconds on a clock that never jumps: for time budgets and rate limits, not due times."""
+    return time.monotonic()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from .addresses import Rules, check
 from .clock import parse_duration, parse_time
 from .errors import ConfigError, InvalidInput
 
@@ -30,6 +31,7 @@ secret = "{secret}"   # signs reply tokens; keep it private
 # previous_secret = "..."
 # previous_secret_until = 2026-12-31T00:00:00Z
 # maildir = "mail"               # where mail goes while [outbound] has no host
+# allow_local_domains = false    # true: addresses at dotless domains (ana@localhost), for tests
 
 [outbound]
 # host = "smtp.example.org"      # unset: emails are written to the Maildir instead
@@ -39,23 +41,48 @@ starttls = true
 # password = "..."
 concurrency = 1                  # parallel SMTP connections
 retry_for = "1d"                 # give up on a temporarily failing email after this long
+max_message_size = 1048576       # bytes; no email is bigger (older updates are left out)
 # cafile = "relay-ca.pem"        # the relay's private CA (default: the system's CAs)
+# smtputf8 = false               # true: the relay takes non-ASCII addresses
 
 [inbound]
+mode = "smtp"                    # "imap": read replies from a mailbox instead (see [imap])
 host = "127.0.0.1"               # replies come in here; keep it on loopback behind your MTA
 port = 8025
 max_size = 10485760              # bytes; bigger replies get 552
 # tls_cert = "cert.pem"          # with tls_key: STARTTLS is offered
 # tls_key = "key.pem"
 # require_tls = false            # true: no mail before STARTTLS
+process_timeout = 2              # seconds to parse a message and reach the database, else 451
+max_connections = 100            # more clients at once are answered 421
+max_pending_bytes = 104857600    # bytes of DATA being received, all clients together
+idle_timeout = 60                # seconds of client silence before disconnecting
+max_parts = 1000                 # MIME parts in one message; more get 552
+max_recipients = 50              # RCPT TO per message; more get 452
+receipts = "commands"            # receipt to the sender after commands or refusals; "always"
+send_now_every = "5m"            # `send now` by reply is honoured at most this often
 # username = "mta"               # with password: senders must AUTH (over TLS)
 # password = "..."
+
+# [imap]                         # with [inbound] mode = "imap"
+# host = "imap.example.org"
+# port = 993                     # default: 993 for tls = "implicit", else 143
+# tls = "implicit"               # "starttls", or "none" (loopback only)
+# username = "incidents@example.org"
+# password = "..."
+# folder = "INBOX"               # processed mail moves to mailflow/posted|refused|ignored
+# poll_every = "60s"             # when the server has no IDLE, and as a safety net
 
 [cadence]
 update_every = {{P0 = "30m", P1 = "1h", P2 = "4h", P3 = "1d"}}
 reminder_before = "10m"
 escalate = ["4h", "1d"]
 handover_after = "7h"
+
+[emails]
+subject_style = "thread"         # "status": the state in every subject (splits Gmail threads)
+updates_in_full = 10             # newest updates carried in full; a line counts the others
+update_max_chars = 20000         # longer update texts are cut in emails (kept in the record)
 """
 
 
@@ -72,12 +99,15 @@ class Outbound:
     timeout: float = 30.0
     retry_for: timedelta = timedelta(days=1)
     cafile: Path | None = None  # a private CA for the relay's certificate; default: the system's
+    smtputf8: bool = False  # the relay takes non-ASCII addresses (RFC 6531)
+    max_message_size: int = 1024 * 1024  # no email is bigger (the relay's SIZE may lower it)
 
 
 @dataclass(frozen=True)
 class Inbound:
     """The SMTP server that receives replies."""
 
+    mode: str = "smtp"  # "imap": replies are read from the [imap] mailbox instead
     host: str = "127.0.0.1"
     port: int = 8025
     max_size: int = 10 * 1024 * 1024
@@ -86,6 +116,67 @@ class Inbound:
     require_tls: bool = False  # refuse mail before STARTTLS
     username: str = ""  # with password: AUTH (over TLS) is required
     password: str = ""
+    # Limits that keep one sender from stalling or exhausting the daemon.
+    process_timeout: float = 2.0  # seconds to parse a message and get the database, else 451
+    max_connections: int = 100  # more at once are answered 421
+    max_pending_bytes: int = 100 * 1024 * 1024  # DATA being received, all connections together
+    idle_timeout: float = 60.0  # seconds a client may stay silent before it is disconnected
+    max_parts: int = 1000  # MIME parts (nested multiparts included) in one message, else 552
+    max_recipients: int = 50  # RCPT TO per message, else 452
+    # Replies: who gets a receipt, and how often `send now` is honoured per incident.
+    receipts: str = "commands"  # "commands": after commands or refusals; "always": every reply
+    send_now_every: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Imap:
+    """The mailbox replies are read from when [inbound] mode = "imap"."""
+
+    host: str = ""
+    port: int = 993
+    tls: str = "implicit"  # implicit | starttls | none (loopback only)
+    username: str = ""
+    password: str = ""
+    folder: str = "INBOX"
+    poll_every: timedelta = timedelta(seconds=60)
+
+
+IMAP_TLS = ("implicit", "starttls", "none")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigError]) -> Imap:
+    """[imap], checked; required when [inbound] mode = "imap"."""
+    allowed = {"host", "port", "tls", "username", "password", "folder", "poll_every"}
+    for key, value in section.items():
+        if key not in allowed:
+            raise fail(f"imap.{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")
+        if key in ("port",) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise fail(f"imap.{key}", f"must be a whole number, got {value!r}")
+        if key not in ("port",) and not isinstance(value, str):
+            raise fail(f"imap.{key}", f"must be a string, got {value!r}")
+    tls = section.get("tls", "implicit")
+    if tls not in IMAP_TLS:
+        raise fail("imap.tls", f"{tls!r}: use one of {', '.join(IMAP_TLS)}")
+    host = section.get("host", "")
+    if tls == "none" and host not in LOOPBACK:
+        raise fail("imap.tls", "\"none\" would send the password in clear: only for a server "
+                               "on loopback; use \"implicit\" or \"starttls\"")
+    port = section.get("port", 993 if tls == "implicit" else 143)
+    if not 1 <= port <= 65535:
+        raise fail("imap.port", f"{port} is not a TCP port")
+    if mode == "imap":
+        for key in ("host", "username", "password"):
+            if not section.get(key):
+                raise fail(f"imap.{key}", "missing: [inbound] mode = \"imap\" needs the "
+                                          "mailbox's host, username and password")
+    try:
+        poll_every = parse_duration(section.get("poll_every", "60s"), what="imap.poll_every")
+    except InvalidInput as exc:
+        raise fail("imap.poll_every", str(exc).split(": ", 1)[1]) from None
+    return Imap(host=host, port=port, tls=tls, username=section.get("username", ""),
+                password=section.get("password", ""), folder=section.get("folder", "INBOX"),
+                poll_every=poll_every)
 
 
 @dataclass(frozen=True)
@@ -101,6 +192,18 @@ class Cadence:
         default_factory=lambda: {k: (timedelta(hours=4), timedelta(days=1)) for k in SEVERITIES}
     )
     handover_after: timedelta = timedelta(hours=7)
+
+
+SUBJECT_STYLES = ("thread", "status")
+
+
+@dataclass(frozen=True)
+class Emails:
+    """How communications read: subjects, and how much of the history each one carries."""
+
+    subject_style: str = "thread"  # "status": the state in every subject
+    updates_in_full: int = 10
+    update_max_chars: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -187,9 +290,12 @@ class Config:
     outbound: Outbound = field(default_factory=Outbound)
     inbound: Inbound = field(default_factory=Inbound)
     cadence: Cadence = field(default_factory=Cadence)
+    imap: Imap = field(default_factory=Imap)
+    allow_local_domains: bool = False  # addresses at dotless domains (ana@localhost): local tests
     http: Http = field(default_factory=Http)
     alerts: Alerts = field(default_factory=Alerts)
     status: StatusPage = field(default_factory=StatusPage)
+    emails: Emails = field(default_factory=Emails)
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -211,11 +317,76 @@ class Config:
 
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
-        "outbound", "inbound", "cadence", "http", "alerts", "status"}
+        "outbound", "inbound", "cadence", "allow_local_domains", "imap", "http", "alerts",
+        "status", "emails"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
-        "cafile"}
-_IN = {"host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password"}
+        "cafile", "smtputf8", "max_message_size"}
+_IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
+       "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout", "max_parts",
+       "max_recipients", "receipts", "send_now_every"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
+_EMAILS = {"subject_style", "updates_in_full", "update_max_chars"}
+
+
+def _inbound_limits(inb: dict[str, Any], max_size: int,
+                    fail: Callable[[str, str], ConfigError]) -> dict[str, Any]:
+    """[inbound]'s abuse limits, each checked against a sensible range."""
+    defaults = Inbound()
+    ranges: dict[str, tuple[float, float]] = {
+        "process_timeout": (0.1, 600), "max_connections": (1, 100_000),
+        "max_pending_bytes": (max_size, 2**40), "idle_timeout": (1, 3600),
+        "max_parts": (10, 1_000_000), "max_recipients": (1, 1000)}
+    limits: dict[str, Any] = {}
+    for key, (low, high) in ranges.items():
+        default = getattr(defaults, key)
+        value = inb.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(default, int) and not isinstance(value, int)):
+            kind = "a whole number" if isinstance(default, int) else "a number of seconds"
+            raise fail(f"inbound.{key}", f"must be {kind}, got {value!r}")
+        if not low <= value <= high:
+            raise fail(f"inbound.{key}", f"{value} is out of range: use {low:g} to {high:g}"
+                       + (" (at least inbound.max_size)" if key == "max_pending_bytes" else ""))
+        limits[key] = float(value) if isinstance(default, float) else value
+    return limits
+
+
+RECEIPTS = ("commands", "always")
+
+
+def _reply_settings(inb: dict[str, Any], fail: Callable[[str, str], ConfigError]
+                    ) -> dict[str, Any]:
+    """[inbound] receipts and send_now_every."""
+    receipts = inb.get("receipts", "commands")
+    if receipts not in RECEIPTS:
+        raise fail("inbound.receipts", f"{receipts!r}: use \"commands\" (after replies with "
+                                       "commands or refusals) or \"always\"")
+    every = inb.get("send_now_every", "5m")
+    if not isinstance(every, str):
+        raise fail("inbound.send_now_every", f"must be a duration such as \"5m\", got {every!r}")
+    try:
+        send_now_every = parse_duration(every, what="send_now_every")
+    except InvalidInput as exc:
+        raise fail("inbound.send_now_every", str(exc)) from None
+    return {"receipts": receipts, "send_now_every": send_now_every}
+
+
+def _emails_section(section: Any, fail: Any, get: Any) -> Emails:
+    """The [emails] section: subject style and how much history an email carries."""
+    if not isinstance(section, dict):
+        raise fail("emails", "must be a table ([emails])")
+    unknown = set(section) - _EMAILS
+    if unknown:
+        raise fail(f"emails.{sorted(unknown)[0]}", f"unknown key; known: {', '.join(sorted(_EMAILS))}")
+    style = get(section, "subject_style", str, "thread", "emails.")
+    if style not in SUBJECT_STYLES:
+        raise fail("emails.subject_style", f"{style!r} is not one of {', '.join(SUBJECT_STYLES)}")
+    in_full = get(section, "updates_in_full", int, 10, "emails.")
+    max_chars = get(section, "update_max_chars", int, 20_000, "emails.")
+    if in_full < 1 or max_chars < 200:
+        raise fail("emails.updates_in_full" if in_full < 1 else "emails.update_max_chars",
+                   "too small: at least 1 update and 200 characters")
+    return Emails(subject_style=style, updates_in_full=in_full, update_max_chars=max_chars)
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -269,13 +440,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             raise fail(key, str(exc).split(": ", 1)[1]) from None
 
     def address(value: str, key: str) -> str:
-        name, addr = parseaddr(value)
-        if "@" not in addr or any(c in value for c in "\r\n"):
-            raise fail(key, f"{value!r} is not an email address")
+        rules = Rules(allow_local_domains=data.get("allow_local_domains") is True)
         try:
-            Address(addr_spec=addr)
-        except (ValueError, IndexError):
-            raise fail(key, f"{value!r} is not an email address") from None
+            check(value, "", rules)
+        except InvalidInput as exc:
+            raise fail(key, str(exc).strip()) from None
         return value
 
     check_keys(data, _TOP, "")
@@ -324,6 +493,12 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     max_size = get(inb, "max_size", int, 10 * 1024 * 1024, "inbound.")
     if max_size < 1024:
         raise fail("inbound.max_size", "must be at least 1024 bytes")
+    limits = _inbound_limits(inb, max_size, fail)
+    limits.update(_reply_settings(inb, fail))
+    mode = get(inb, "mode", str, "smtp", "inbound.")
+    if mode not in ("smtp", "imap"):
+        raise fail("inbound.mode", f"{mode!r}: use \"smtp\" (the built-in server) or \"imap\"")
+    imap = _imap(get(data, "imap", dict, {}), mode, fail)
     templates = data.get("templates")
     # The secret is all that stands between a stranger and a valid reply token.
     if "secret" not in data:
@@ -374,6 +549,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if isinstance(until, datetime) and until.tzinfo is None:
         until = parse_time(until.isoformat())
     reminder_before = duration(cad.get("reminder_before", "10m"), "cadence.reminder_before")
+    max_message_size = get(out, "max_message_size", int, 1024 * 1024, "outbound.")
+    if max_message_size < 64 * 1024:
+        raise fail("outbound.max_message_size", f"{max_message_size} is too small: an email "
+                                                "needs at least 65536 bytes")
+    emails = _emails_section(data.get("emails", {}), fail, get)
     shortest = min(update_every.values())
     if reminder_before >= shortest:
         raise fail("cadence.reminder_before", f"must be shorter than the shortest update_every "
@@ -399,8 +579,11 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             timeout=float(get(out, "timeout", (int, float), 30, "outbound.")),
             retry_for=duration(out.get("retry_for", "1d"), "outbound.retry_for"),
             cafile=cafile,
+            smtputf8=get(out, "smtputf8", bool, False, "outbound."),
+            max_message_size=max_message_size,
         ),
         inbound=Inbound(
+            mode=mode,
             host=get(inb, "host", str, "127.0.0.1", "inbound."),
             port=port_in,
             max_size=max_size,
@@ -409,6 +592,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             require_tls=get(inb, "require_tls", bool, False, "inbound."),
             username=get(inb, "username", str, "", "inbound."),
             password=get(inb, "password", str, "", "inbound."),
+            **limits,
         ),
         cadence=Cadence(
             update_every=update_every,
@@ -416,5 +600,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             escalate=escalate,
             handover_after=duration(cad.get("handover_after", "7h"), "cadence.handover_after"),
         ),
+        allow_local_domains=get(data, "allow_local_domains", bool, False),
+        imap=imap,
         **_extras(data, base, fail, get, check_keys),
+        emails=emails,
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import stat
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +23,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from . import clock
+from .addresses import STRICT, Rules, is_valid, normalise, problem
 from .errors import ContactsError, InvalidInput, NotFound
 
 __all__ = [
@@ -36,8 +37,6 @@ __all__ = [
     "parse_contacts",
 ]
 
-_FORBIDDEN = r"@\s<>,;\"\x00-\x1f\x7f"
-_ADDRESS = re.compile(rf"[^{_FORBIDDEN}]+@[^{_FORBIDDEN}.]+(?:\.[^{_FORBIDDEN}.]+)+")
 
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
@@ -49,13 +48,19 @@ _KINDS = {
 }
 
 _TOP_KEYS = ("people", "lists", "services")
-_PERSON_KEYS = ("name", "email", "expertise", "timezone")
+_PERSON_KEYS = ("name", "email", "expertise", "timezone", "commands")
 _SERVICE_KEYS = ("title", "notify", "escalate", "expertise", "oncall")
 
 
-def is_address(text: str) -> bool:
-    """True for a plain, well-formed email address (one @, a dotted domain, no spaces or <>)."""
-    return bool(_ADDRESS.fullmatch(text))
+def is_address(text: str, rules: Rules = STRICT) -> bool:
+    """True for a plain address that delivery accepts (see mailflow.addresses)."""
+    return is_valid(text, rules)
+
+
+def _invalid(text: str, rules: Rules) -> str:
+    """`'x' is not a valid email address: why (write e.g. ana@example.org)`."""
+    why = problem(text, rules) or "write it as name@example.org"
+    return f"{text!r} is not a valid email address: {why} (write e.g. ana@example.org)"
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class Person:
     email: str
     expertise: tuple[str, ...] = ()
     timezone: str | None = None
+    # False: may add text to incidents but not change them (unless given a role).
+    commands: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,26 +166,20 @@ class Contacts:
         found.sort(key=lambda pm: (-len(pm[1]), pm[0].name.casefold(), pm[0].email.lower()))
         return found
 
-    def escalation_lists(self, service_key: str, threshold: timedelta) -> tuple[str, ...]:
-        """The lists a service escalates to at exactly this threshold; () when there are none."""
-        for at, names in self.service(service_key).escalate:
-            if at == threshold:
-                return names
-        return ()
-
 
 def empty_contacts() -> Contacts:
     """Contacts with nobody in them, for running without a contacts file."""
     return Contacts(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
 
 
-def load_contacts(path: Path | str) -> Contacts:
+def load_contacts(path: Path | str, rules: Rules = STRICT) -> Contacts:
     """Read and validate a contacts file; any problem is a ContactsError naming the file."""
     path = Path(path)
-    return parse_contacts(_read_text(path), path)
+    return parse_contacts(_read_text(path), path, rules)
 
 
-def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
+def parse_contacts(text: str, path: Path | str = "contacts.yaml",
+                   rules: Rules = STRICT) -> Contacts:
     """Validate contacts.yaml text; every problem is reported as `file:line: reason`."""
     where = str(path)
     root = _compose(text, where)
@@ -191,7 +192,7 @@ def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
             f"{where}:{_line(root)}: the top level must be a mapping with "
             "`people:`, `lists:` and `services:`"
         )
-    check = _Checker(where)
+    check = _Checker(where, rules)
     sections = check.entries(root)
     for key, (key_node, _) in sections.items():
         if key not in _TOP_KEYS:
@@ -216,8 +217,9 @@ def parse_contacts(text: str, path: Path | str = "contacts.yaml") -> Contacts:
 class _Checker:
     """Collects `file:line: reason` problems so one run reports all of them."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, rules: Rules = STRICT) -> None:
         self.where = where
+        self.rules = rules  # what delivery accepts: an address it refuses is refused here
         self.errors: list[tuple[int, str]] = []
 
     def error(self, at: Node | int, reason: str) -> None:
@@ -300,6 +302,7 @@ def _parse_people(check: _Checker, entry: tuple[Node, Node] | None) -> dict[str,
         email = _person_email(check, item, fields, name)
         expertise = _tags(check, fields.get("expertise"))
         tz_ok, timezone = _timezone(check, fields.get("timezone"))
+        commands = _commands(check, fields.get("commands"))
         if email is not None:
             where = fields["email"][1]
             seen = first_line.get(email.lower())
@@ -311,7 +314,7 @@ def _parse_people(check: _Checker, entry: tuple[Node, Node] | None) -> dict[str,
             first_line[email.lower()] = (_line(where), name or email)
         if name is None or email is None or not tz_ok:
             continue
-        people[email.lower()] = Person(name, email, expertise, timezone)
+        people[email.lower()] = Person(name, email, expertise, timezone, commands)
     return people
 
 
@@ -344,8 +347,8 @@ def _person_email(
     email = check.text(key_node, node, "email")
     if email is None:
         return None
-    if not is_address(email):
-        check.error(node, f"{email!r} is not a valid email address (write e.g. ana@example.org)")
+    if not is_address(email, check.rules):
+        check.error(node, _invalid(email, check.rules))
         return None
     return email
 
@@ -355,6 +358,17 @@ def _tags(check: _Checker, entry: tuple[Node, Node] | None) -> tuple[str, ...]:
         return ()
     tags = check.texts(entry[0], entry[1], "expertise", "[postgres, backups]")
     return tuple(dict.fromkeys(t for t, _ in tags))
+
+
+def _commands(check: _Checker, entry: tuple[Node, Node] | None) -> bool:
+    """`commands: false`: the person's replies add text but change nothing."""
+    if entry is None or _is_null(entry[1]):
+        return True
+    value = entry[1].value if isinstance(entry[1], ScalarNode) else None
+    if not isinstance(value, str) or value.lower() not in ("true", "false", "yes", "no"):
+        check.error(entry[1], "`commands:` must be true or false")
+        return True
+    return value.lower() in ("true", "yes")
 
 
 def _timezone(check: _Checker, entry: tuple[Node, Node] | None) -> tuple[bool, str | None]:
@@ -408,12 +422,8 @@ def _parse_lists(
                     item, f"list {name!r}: each entry must be an address, not {_kind(item)}"
                 )
                 ok = False
-            elif not is_address(item.value):
-                check.error(
-                    item,
-                    f"list {name!r}: {item.value!r} is not a valid email address "
-                    "(write e.g. ana@example.org)",
-                )
+            elif not is_address(item.value, check.rules):
+                check.error(item, f"list {name!r}: {_invalid(item.value, check.rules)}")
                 ok = False
             else:
                 members.append(str(item.value))
@@ -566,9 +576,8 @@ def _kind(node: Node) -> str:
 
 
 def _bare_address(text: str) -> str:
-    """Lowercased address from "addr" or "Name <addr>"."""
-    _, address = parseaddr(text)
-    return (address or text).strip().lower()
+    """Lowercased address from "addr" or "Name <addr>" (the text itself if none: a lookup key)."""
+    return normalise(text) or str(text).strip().lower()
 
 
 def _compose(text: str, where: str) -> Node | None:
@@ -583,6 +592,10 @@ def _compose(text: str, where: str) -> Node | None:
         reason = exc.problem or exc.context or "invalid YAML"
         if exc.problem and exc.context and exc.context_mark is not None:
             reason += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        words = _explain_yaml(exc, text)
+        if words:
+            raise ContactsError(f"{where}:{line}: YAML syntax error: {words} "
+                                f"(the parser says: {reason})") from None
         raise ContactsError(f"{where}:{line}: YAML syntax error: {reason}") from None
     except ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
@@ -592,6 +605,40 @@ def _compose(text: str, where: str) -> Node | None:
         ) from None
     except YAMLError as exc:
         raise ContactsError(f"{where}:1: YAML error: {exc}") from None
+
+
+def _spaces(count: int) -> str:
+    return f"{count} space{'' if count == 1 else 's'}"
+
+
+def _explain_yaml(exc: MarkedYAMLError, text: str) -> str:
+    """The parser's complaint in words, for the mistakes people make by hand; "" if unknown."""
+    problem, mark = exc.problem or "", exc.problem_mark
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    here = lines[mark.line] if mark.line < len(lines) else ""
+    indent = len(here) - len(here.lstrip(" "))
+    if problem.startswith("expected <block end>") and exc.context_mark is not None:
+        # A line that starts further left or right than the block it belongs to.
+        block = exc.context_mark
+        above = next((ln for ln in reversed(lines[:mark.line])
+                      if ln.strip() and not ln.lstrip().startswith("#")), "")
+        return (f"indentation: this line is indented by {_spaces(indent)}, which does not line "
+                f"up with the line above ({_spaces(len(above) - len(above.lstrip(' ')))}) nor "
+                f"with the block that starts at line {block.line + 1} "
+                f"({_spaces(block.column)}); indent it exactly like the entries it belongs with")
+    if problem.startswith("mapping values are not allowed"):
+        return ("a `key:` cannot start here: this line is indented more than the line above, "
+                "which already has a value (line it up with its neighbours), or a value "
+                "contains ': ' (put that value in quotes)")
+    for closer, what in (("]", "list"), ("}", "mapping")):
+        if problem.startswith(f"expected ',' or '{closer}'") and exc.context_mark is not None:
+            return (f"the {what} opened at line {exc.context_mark.line + 1} is not closed with "
+                    f"`{closer}`, or two of its items lack a comma between them")
+    if "'\\t'" in problem or "\t" in problem:
+        return "a tab character: YAML indents with spaces only; replace the tab with spaces"
+    return ""
 
 
 def _read_text(path: Path) -> str:
@@ -624,10 +671,11 @@ _Edit = tuple[int, int, str]
 class ContactsFile:
     """contacts.yaml opened for editing; everything outside the edited entries stays as is."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, rules: Rules = STRICT) -> None:
         self.path = Path(path)
+        self.rules = rules
         self._original = _read_text(self.path)
-        parse_contacts(self._original, self.path)  # edits rely on a valid structure
+        parse_contacts(self._original, self.path, rules)  # edits rely on a valid structure
         self._text = self._original
         self._newline = "\r\n" if "\r\n" in self._original else "\n"
 
@@ -661,7 +709,7 @@ class ContactsFile:
                 as_who = f" as {who[1].value}" if who and isinstance(who[1], ScalarNode) else ""
                 raise ContactsError(
                     f"{where}:{_line(other[1])}: {email} is already in the contacts{as_who}; "
-                    f"remove it first (`mailflow contacts remove {email}`) or edit the file"
+                    f"remove it first (`mailflow contacts remove {shlex.quote(email)}`) or edit the file"
                 )
 
         list_entries = _entries(sections["lists"][1]) if "lists" in sections else {}
@@ -729,7 +777,7 @@ class ContactsFile:
 
     def save(self) -> Contacts:
         """Validate the edited text, then replace the file atomically; returns the new contacts."""
-        contacts = parse_contacts(self._text, self.path)
+        contacts = parse_contacts(self._text, self.path, self.rules)
         if self._text == self._original:
             return contacts
         try:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from datetime import timedelta
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from .addresses import Rules, normalise, problem, rules_of
 from .config import find_config, load_config
 from .contacts import (
     Contacts,
@@ -23,10 +25,24 @@ from .contacts import (
 )
 from .errors import ContactsError, InvalidInput, NotFound
 
-__all__ = ["contacts"]
+__all__ = ["HelpGroup", "contacts"]
 
 # MailflowError raised here is not converted locally: this group is invoked from inside
 # `cli`'s Group.invoke, which turns it into `Error: …` and exit code 1 (nested groups too).
+
+class HelpGroup(click.Group):
+    """A group whose command list shows each summary whole (wrapped), never cut with "..."."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -37,9 +53,15 @@ def _contacts_path(ctx: click.Context) -> Path:
     return load_config(Path(config_path)).contacts
 
 
+def _rules(ctx: click.Context) -> Rules:
+    """The address rules of the configuration (`allow_local_domains`, `[outbound] smtputf8`)."""
+    config_path = getattr(ctx.obj, "config_path", None) or find_config(None)
+    return rules_of(load_config(Path(config_path)))
+
+
 def _address(text: str) -> str:
     """Lowercased bare address from "addr" or "Name <addr>"."""
-    return (parseaddr(text)[1] or text).strip().lower()
+    return normalise(text) or text.strip().lower()
 
 
 def _threshold(delta: timedelta) -> str:
@@ -79,12 +101,17 @@ def _service_data(service: Service) -> dict[str, Any]:
             "expertise": list(service.expertise)}
 
 
+def plural(count: int, one: str, many: str = "") -> str:
+    """`1 service`, `2 services`, `0 people`."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 def _describe_person(person: Person) -> str:
     """`Name <email>`."""
     return f"{person.name} <{person.email}>"
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def contacts() -> None:
     """Look at, edit and check contacts.yaml (the file the configuration names).
 
@@ -145,6 +172,8 @@ def show(ctx: click.Context, email: str, as_json: bool) -> None:
     Example:
       mailflow contacts show ana@example.org --json
     """
+    if not _address(email):
+        raise InvalidInput("give an email address, e.g. mailflow contacts show ana@example.org")
     path = _contacts_path(ctx)
     book = load_contacts(path)
     person = book.person(email)
@@ -206,9 +235,10 @@ def add(ctx: click.Context, name: str, email: str, expertise: tuple[str, ...],
     name, email = name.strip(), email.strip()
     if not name:
         raise InvalidInput("--name is empty; give the person's full name, e.g. --name \"Ana Lima\"")
-    if not is_address(email):
-        raise InvalidInput(f"--email: {email!r} is not a valid email address "
-                           "(write e.g. ana@example.org)")
+    rules = _rules(ctx)
+    if not is_address(email, rules):
+        raise InvalidInput(f"--email: {email!r} is not a valid email address: "
+                           f"{problem(email, rules) or 'write e.g. ana@example.org'}")
     if timezone is not None:
         timezone = timezone.strip()
         try:
@@ -217,7 +247,7 @@ def add(ctx: click.Context, name: str, email: str, expertise: tuple[str, ...],
             raise InvalidInput(f"--timezone: unknown time zone {timezone!r}; use an IANA name "
                                "such as Europe/Zurich or UTC") from None
     path = _contacts_path(ctx)
-    editor = ContactsFile(path)
+    editor = ContactsFile(path, rules)
     wanted = _split(lists)
     editor.add_person(name, email, _split(expertise), timezone or None, wanted)
     book = editor.save()
@@ -249,6 +279,28 @@ def remove(ctx: click.Context, email: str) -> None:
     where = ["people"] if person else []
     where += [f"lists: {', '.join(lists)}"] if lists else []
     click.echo(f"removed {who} from {path} ({'; '.join(where)})")
+    refs = _off_open_incidents(ctx, email)
+    if refs:
+        click.echo(f"taken off {', '.join(refs)} (recipients and roles); their replies there "
+                   "are now refused")
+
+
+def _off_open_incidents(ctx: click.Context, email: str) -> list[str]:
+    """Take a removed person off every open incident: recipients, roles, impacted."""
+    from . import clock
+    from . import incidents as inc
+    from .app import Mailflow
+
+    config_path = getattr(ctx.obj, "config_path", None) or find_config(None)
+    config = load_config(Path(config_path))
+    if not config.database.exists():
+        return []  # no incidents yet
+    app = Mailflow(config)
+    try:
+        author = os.environ.get("MAILFLOW_USER") or os.environ.get("USER") or "cli"
+        return inc.remove_person(app, email, clock.now(), author)
+    finally:
+        app.close()
 
 
 @contacts.command()
@@ -276,8 +328,12 @@ def experts(ctx: click.Context, tags: tuple[str, ...], as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     if not found:
-        click.echo(f"nobody has expertise in {', '.join(wanted)}; "
-                   "`mailflow contacts list` shows everyone's tags")
+        known = sorted({t for p in book.people.values() for t in p.expertise}, key=str.casefold)
+        close = [m for tag in wanted
+                 for m in difflib.get_close_matches(tag.casefold(), known, n=3, cutoff=0.6)]
+        hint = (f"did you mean {', '.join(dict.fromkeys(close))}?" if close
+                else "`mailflow contacts list` shows everyone's tags")
+        click.echo(f"nobody has expertise in {', '.join(wanted)}; {hint}")
         return
     for person, matched in found:
         click.echo(f"{_describe_person(person)}: {', '.join(matched)} "
@@ -298,10 +354,10 @@ def check(ctx: click.Context) -> None:
     """
     path = _contacts_path(ctx)
     try:
-        book = load_contacts(path)
+        book = load_contacts(path, _rules(ctx))
     except ContactsError as exc:
         for line in str(exc).splitlines():
             click.echo(line, err=True)
         ctx.exit(1)
-    click.echo(f"ok: {len(book.people)} people, {len(book.lists)} lists, "
-               f"{len(book.services)} services")
+    click.echo(f"ok: {plural(len(book.people), 'person', 'people')}, "
+               f"{plural(len(book.lists), 'list')}, {plural(len(book.services), 'service')}")

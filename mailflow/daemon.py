@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import schedule
 
 from . import clock, httpapi, statuspage
 from .app import Mailflow
 from .errors import MailflowError
-from .inbound import InboundHandler, make_protocol
+from .inbound import Gate, InboundHandler, listen
 from .scheduler import run_due
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._reload = False
         self._contacts_mtime = self._mtime()
+        self._delivering: asyncio.Task[None] | None = None
 
     def _mtime(self) -> float | None:
         try:
@@ -84,25 +87,42 @@ class Daemon:
         return True
 
     async def tick(self) -> None:
-        """Do what is due, then send the outbox (even if some due work failed)."""
+        """Do what is due, then start sending the outbox (even if some due work failed).
+
+        The sending runs as a task of its own: a long fan-out through a slow relay never
+        holds up the next tick's reminders and marks (what they queue with a priority is
+        taken into the running drain).
+        """
         now = self.now()
         try:
-            report = run_due(self.app, now)
+            # On a thread: a database locked by another process must not stall the loop.
+            report = await asyncio.to_thread(run_due, self.app, now)
             for line in report.done:
                 log.info("done: %s", line)
         finally:
-            delivery = await self.app.deliver(now, clock=self.now,
-                                              should_stop=self._stop.is_set)
-            if delivery.sent:
-                log.info("sent %d email(s)", delivery.sent)
+            if self._delivering is None or self._delivering.done():
+                self._delivering = asyncio.ensure_future(self._deliver(now))
+
+    async def _deliver(self, now: datetime) -> None:
+        try:
+            delivery = await self.app.deliver(now, clock=self.now, should_stop=self._stop.is_set)
+        except Exception:  # the daemon keeps running; the next tick tries again
+            log.exception("delivery failed")
+            return
+        if delivery.sent:
+            log.info("sent %d email(s)", delivery.sent)
+        if self.app.outbox.pending_now(self.now()):
+            self._wake.set()  # queued while this drain ran: a new one at once
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
         loop = asyncio.get_running_loop()
         cfg = self.app.config
         handler = InboundHandler(self.app, self.now, on_posted=self._wake.set)
-        server = await loop.create_server(lambda: make_protocol(self.app, handler),
-                                          cfg.inbound.host, cfg.inbound.port)
+        loop.set_exception_handler(calm_exceptions)
+        _enough_file_descriptors(cfg.inbound.max_connections)
+        gate = Gate(cfg.inbound)
+        server = await listen(self.app, handler, cfg.inbound.host, cfg.inbound.port, gate)
         self.port = server.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -140,6 +160,8 @@ class Daemon:
             for w in waiters:
                 w.cancel()
 
+        if self._delivering is not None:
+            await self._delivering  # it stops between two messages (should_stop)
         sd_notify("STOPPING=1")
         log.info("stopping: no new connections; finishing the transaction in flight")
         server.close()
@@ -149,11 +171,62 @@ class Daemon:
             if handler.in_flight == 0:
                 break
             await asyncio.sleep(0.1)
+        await gate.close_all()
         await server.wait_closed()
+        handler.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
+
+
+class _Calm(logging.Filter):
+    """At most one record per message per minute from a chatty library logger.
+
+    A flood of connections makes asyncio and aiosmtpd log the same error (with traceback)
+    thousands of times a second; one line per minute, with the count, says as much.
+    """
+
+    EVERY = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)[:200]
+        at, dropped = self._last.get(key, (float("-inf"), 0))
+        if record.created - at < self.EVERY:
+            self._last[key] = (at, dropped + 1)
+            return False
+        if len(self._last) > 1000:  # many distinct messages: forget the old ones
+            self._last.clear()
+        self._last[key] = (record.created, 0)
+        if dropped:
+            record.msg = f"{record.msg} (and {dropped} more like it in the last minute)"
+        return True
+
+
+def calm_exceptions(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's errors (accept() out of file descriptors...) as one line, rate-limited."""
+    exc = context.get("exception")
+    message = context.get("message", "unhandled error in the event loop")
+    if isinstance(exc, OSError | ValueError):
+        logging.getLogger("asyncio").error(message.replace("%", "%%") + ": %s", exc)
+    else:
+        loop.default_exception_handler(context)
+
+
+def _enough_file_descriptors(connections: int) -> None:
+    """Raise the soft limit on open files so that max_connections fit, with room to spare."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 200  # the database, the outbox's connections, logs...
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("only %d open files allowed (LimitNOFILE): lower [inbound] "
+                        "max_connections below %d", new, new - 200)
 
 
 class JournalFormatter(logging.Formatter):
@@ -185,3 +258,5 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    for name in ("mail.log", "asyncio"):
+        logging.getLogger(name).filters[:] = [_Calm()]

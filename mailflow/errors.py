@@ -23,9 +23,5 @@ class InvalidInput(MailflowError):
     """A command-line or reply value is not acceptable (severity, impact, duration...)."""
 
 
-class DeliveryError(MailflowError):
-    """Outgoing mail could not be handed to the relay or the Maildir."""
-
-
 class TemplateError(MailflowError):
     """A Jinja2 template failed to load or render; the message names the file."""

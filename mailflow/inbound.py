@@ -1,18 +1,28 @@
-"""The aiosmtpd handler for replies: RCPT checks the signed token, DATA parses, commits, 250."""
+"""The aiosmtpd handler for replies: RCPT checks the signed token, DATA parses, commits, 250.
+
+No sender stalls the event loop: parsing and the database run on worker threads with a
+time budget ([inbound] process_timeout), and the server caps connections, unfinished DATA,
+recipients and MIME parts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
 import ssl
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from peewee import OperationalError
 
 from . import clock
+from .config import Inbound
 from .models import Incident
 from .posting import accept_declaration, accept_reply
 from .replies import parse_reply
@@ -37,9 +47,348 @@ def smtp_answer(code: int, message: str) -> str:
     return f"{code} {_UNPRINTABLE.sub(' ', text).strip()}"[:510]
 
 
-def make_protocol(app: Mailflow, handler: InboundHandler) -> SMTP:
-    """The aiosmtpd protocol for one connection, with [inbound]'s size, TLS and AUTH."""
+_BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))', re.I)
+_DELIMITER = re.compile(rb"^--([^\r\n]*)", re.M)
+
+BUSY = "451 4.3.0 busy: the message could not be processed in time; try again later"
+
+
+def count_parts(raw: bytes, limit: int) -> int:
+    """MIME parts in `raw` (nested multiparts included), counting at most to `limit` + 1.
+
+    A linear scan of the bytes, before any parser runs: a part begins at a `--boundary` line
+    of a boundary the message declares. Sibling and nested parts count alike, so the same
+    cap bounds the nesting depth too.
+    """
+    boundaries = set()
+    for m in _BOUNDARY.finditer(raw):
+        boundaries.add((m.group(1) if m.group(1) is not None else m.group(2)).rstrip(b" \t"))
+        if len(boundaries) > limit:  # every boundary is declared by a part of its own
+            return limit + 1
+    if not boundaries:
+        return 1
+    parts = 1
+    for m in _DELIMITER.finditer(raw):
+        name = m.group(1).rstrip(b" \t")
+        if name in boundaries:  # `--b--` closes, `--b` opens a part
+            parts += 1
+            if parts > limit:
+                break
+    return parts
+
+
+class _Budget:
+    """One message's time budget, shared by the SMTP side and the worker thread.
+
+    The worker may start applying the message only while the budget holds; once it has,
+    the SMTP side waits for its commit. So a 451 always means that nothing was committed,
+    and the MTA's retry is the first time the message is applied.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = clock.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._state = "waiting"  # waiting | applying | abandoned
+
+    def remaining(self) -> float:
+        """Seconds left; negative once past."""
+        return self.deadline - clock.monotonic()
+
+    def begin(self) -> bool:
+        """Worker: may it apply the message now? False once abandoned or past the budget."""
+        with self._lock:
+            if self._state == "abandoned" or self.remaining() <= 0:
+                self._state = "abandoned"
+                return False
+            self._state = "applying"
+            return True
+
+    def abandon(self) -> bool:
+        """SMTP side, past the budget: True if the worker will not apply the message."""
+        with self._lock:
+            if self._state == "applying":
+                return False
+            self._state = "abandoned"
+            return True
+
+
+class _Late(Exception):
+    """The budget ran out before the message was applied; nothing is committed."""
+
+
+class InboundHandler:
+    """Turns replies to `local+TOKEN@domain` into updates; knows nothing of sockets."""
+
+    WORKERS = 4  # SQLite has one writer; more threads would only wait for its lock
+
+    def __init__(self, app: Mailflow, now: Callable[[], datetime] = clock.now,
+                 on_posted: Callable[[], Any] | None = None) -> None:
+        self.app = app
+        self.now = now
+        self.on_posted = on_posted  # wakes the outbox sender when a reply queued mail
+        self.in_flight = 0  # DATA transactions being committed; SIGTERM waits for them
+        # Parsing and the database run here, never on the event loop; each thread has its
+        # own SQLite connection (peewee's connection state is per thread).
+        self.executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="mailflow-inbound")
+
+    @property
+    def limits(self) -> Inbound:
+        """[inbound]'s limits (kept across a reload, like the listening address)."""
+        return self.app.config.inbound
+
+    def close(self) -> None:
+        """Let the messages being processed finish, then stop the worker threads."""
+        self.executor.shutdown(wait=True)
+
+    def is_base(self, address: str) -> bool:
+        """The reply address without a token: where incidents are declared by email."""
+        cfg = self.app.config
+        local, token, domain = split_address(address)
+        return token is None and local == cfg.reply_local.lower() \
+            and domain == cfg.reply_domain.lower()
+
+    def target(self, address: str) -> str | int | None:
+        """What an address names: "base", an incident id (any spelling of its token), or None."""
+        if self.is_base(address):
+            return "base"
+        cfg = self.app.config
+        local, token, domain = split_address(address)
+        if local != cfg.reply_local.lower() or domain != cfg.reply_domain.lower() or not token:
+            return None
+        return verify(token, cfg.secrets(self.now()))
+
+    def incident_for(self, address: str) -> Incident | None:
+        """The open-or-not incident a recipient address names, if its token is valid."""
+        incident_id = self.target(address)
+        if not isinstance(incident_id, int):
+            return None
+        return Incident.get_or_none(Incident.id == incident_id)
+
+    def _rcpt(self, address: str, accepted: list[str]) -> tuple[str, bool]:
+        """(answer, whether to add `address` to the envelope); runs on a worker thread."""
+        target = self.target(address)
+        if target is None or (target != "base" and not Incident.select().where(
+                Incident.id == target).exists()):
+            log.info("RCPT %s refused: not a valid incident address", address)
+            return "550 5.1.1 unknown recipient: not a valid incident reply address", False
+        if any(self.target(a) == target for a in accepted):
+            # Another spelling of an address already given: the message is applied once.
+            return "250 OK (already a recipient)", False
+        if len(accepted) >= self.limits.max_recipients:
+            return f"452 4.5.3 too many recipients (at most {self.limits.max_recipients})", False
+        return "250 OK", True
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        """550 before any DATA for anything but a valid signed incident address."""
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self.executor, self._rcpt, address, list(envelope.rcpt_tos))
+        try:
+            answer, add = await asyncio.wait_for(asyncio.shield(job),
+                                                 self.limits.process_timeout)
+        except asyncio.TimeoutError:
+            return BUSY
+        if add:
+            envelope.rcpt_tos.append(address)
+        return answer
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Parse the reply, apply it, commit, and only then answer 250 (or 451, nothing kept)."""
+        self.in_flight += 1
+        try:
+            budget = _Budget(self.limits.process_timeout)
+            loop = asyncio.get_running_loop()
+            job = loop.run_in_executor(self.executor, self._run, envelope, budget)
+            try:
+                answer, queued = await asyncio.wait_for(asyncio.shield(job), budget.seconds)
+            except asyncio.TimeoutError:
+                if budget.abandon():
+                    log.warning("message from %s not processed within %gs: answered 451",
+                                envelope.mail_from or "<>", budget.seconds)
+                    return BUSY
+                answer, queued = await job  # being applied: its commit decides the answer
+            if queued and self.on_posted is not None:
+                self.on_posted()  # the reply queued mail (send now, resolved...): send it at once
+            return answer
+        finally:
+            self.in_flight -= 1
+
+    def _run(self, envelope: Envelope, budget: _Budget | None) -> tuple[str, bool]:
+        """On a worker thread: (SMTP answer, whether mail was queued); never raises."""
+        try:
+            return self._process(envelope, budget)
+        except _Late:
+            return BUSY, False
+        except OperationalError as exc:  # another writer held the lock past the budget
+            log.warning("message from %s not processed: database %s; answered 451",
+                        envelope.mail_from or "<>", exc)
+            return BUSY, False
+        except Exception:  # never let one bad message take the server down
+            log.exception("reply from %s could not be processed", envelope.mail_from)
+            return "451 4.3.0 could not process the message; try again later", False
+
+    def _data(self, envelope: Envelope) -> str:
+        """The whole DATA step on the calling thread, without a budget (tests, tools)."""
+        return self._process(envelope, None)[0]
+
+    def _process(self, envelope: Envelope, budget: _Budget | None) -> tuple[str, bool]:
+        return self.process(envelope.original_content or b"", envelope.mail_from or "",
+                            list(envelope.rcpt_tos), budget)
+
+    def process(self, raw: bytes, mail_from: str | None, rcpt_tos: list[str],
+                budget: _Budget | None = None) -> tuple[str, bool]:
+        """Apply one message to the incidents its recipients name, in one transaction:
+        (SMTP-style answer, whether mail was queued). Any transport calls this; None as
+        `mail_from` means the envelope sender is unknown (mail read from a mailbox)."""
+        envelope_from = mail_from
+        mail_from = mail_from or ""
+        max_parts = self.limits.max_parts
+        if count_parts(raw, max_parts) > max_parts:
+            log.info("message from %s refused: more than %d MIME parts", mail_from or "<>",
+                     max_parts)
+            return smtp_answer(552, f"5.3.4 too many MIME parts (at most {max_parts})"), False
+        reply = parse_reply(raw, envelope_from=envelope_from)
+        targets: list[str | int] = []
+        for address in rcpt_tos:
+            target = self.target(address)
+            if target is None:
+                targets.append(address)  # the secret rotated out since RCPT: unknown below
+            elif target not in targets:  # other spellings of one address: applied once
+                targets.append(target)
+        db = self.app.db
+        if budget is not None:
+            if budget.remaining() <= 0:
+                raise _Late
+            # Wait for another writer only as long as the budget allows (this thread's own
+            # connection), instead of the connection's default 10 s.
+            db.execute_sql(f"PRAGMA busy_timeout = {max(1, int(budget.remaining() * 1000))}")
+        before = self.app.outbox.queued
+        now = self.now()
+        # One transaction for every recipient: all of the message is committed before the
+        # 250, or none of it (a 451 after a declaration would declare again at each retry).
+        with db.atomic("IMMEDIATE"):
+            if budget is not None and not budget.begin():
+                raise _Late
+            answers = [self._apply(target, reply, raw, mail_from, now) for target in targets]
+        # One answer for the whole DATA: success if any incident took it.
+        best = min(answers, default=(550, "5.1.1 no recipient"), key=lambda a: a[0])
+        return smtp_answer(*best), self.app.outbox.queued != before
+
+    def _apply(self, target: str | int, reply: Any, raw: bytes, mail_from: str,
+               now: datetime) -> tuple[int, str]:
+        if target == "base":
+            outcome = accept_declaration(self.app, reply, raw, mail_from, now)
+            log.info("declaration from %s: %s", reply.sender or "<>", outcome.message)
+            return outcome.code, outcome.message
+        incident = Incident.get_or_none(Incident.id == target) if isinstance(target, int) else None
+        if incident is None:  # deleted (or its token's secret retired) between RCPT and DATA
+            return 550, "5.1.1 unknown incident"
+        outcome = accept_reply(self.app, incident, reply, raw, mail_from, now)
+        log.info("reply from %s to %s: %s", reply.sender or "<>", incident.ref, outcome.outcome)
+        return outcome.code, outcome.message
+
+
+# --- the server: one protocol per connection, and limits across all of them --------------
+
+class Gate:
+    """Counts what all connections hold together: open connections and unfinished DATA."""
+
+    LOG_EVERY = 60.0  # seconds: at most one line about refused connections per minute
+
+    def __init__(self, limits: Inbound) -> None:
+        self.limits = limits
+        self.open = 0
+        self.pending_bytes = 0
+        self.refused = 0
+        self._logged_at: float | None = None
+        self.connections: set[_Protocol] = set()
+
+    async def close_all(self) -> None:
+        """Hang up on every connection still open (after the server stopped listening)."""
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        for _ in range(3):  # let connection_lost run and the session tasks end
+            await asyncio.sleep(0)
+
+    def refuse(self, why: str) -> None:
+        """Count a refusal; log the count at most once per LOG_EVERY."""
+        self.refused += 1
+        at = clock.monotonic()
+        if self._logged_at is None or at - self._logged_at >= self.LOG_EVERY:
+            log.warning("refused %d connection(s) or DATA since the last report: %s",
+                        self.refused, why)
+            self.refused, self._logged_at = 0, at
+
+
+class _Busy(asyncio.Protocol):
+    """Past max_connections: answer 421 and hang up, holding nothing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"421 4.7.0 too many connections; try again later\r\n")
+        transport.close()
+
+
+class _Protocol(SMTP):
+    """aiosmtpd's SMTP with the gate's accounting: a connection slot and DATA bytes."""
+
+    def __init__(self, handler: InboundHandler, gate: Gate, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self.gate = gate
+        self._counted = True
+        gate.open += 1
+        gate.connections.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.gate.open -= 1
+            self.gate.connections.discard(self)
+        super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        gate, limit = self.gate, self.gate.limits.max_pending_bytes
+        if gate.pending_bytes >= limit and self.envelope is not None and self.envelope.rcpt_tos:
+            gate.refuse(f"more than max_pending_bytes ({limit}) of DATA in progress")
+            await self.push("451 4.3.2 too much mail in progress; try again later")
+            return
+        reader = self._reader
+        readuntil = reader.readuntil
+        held = 0
+
+        async def counted(separator: bytes = b"\n") -> bytes:
+            nonlocal held
+            line = await readuntil(separator)
+            held += len(line)
+            gate.pending_bytes += len(line)
+            if gate.pending_bytes > limit:
+                # The memory of all unfinished DATA is capped: hang up on the one that
+                # crossed it (421 may be sent at any time), the client retries later.
+                gate.refuse(f"more than max_pending_bytes ({limit}) of DATA in progress")
+                self._writer.write(b"421 4.3.2 too much mail in progress; try again later\r\n")
+                if self.transport is not None:
+                    self.transport.close()
+                raise asyncio.CancelledError
+            return line
+
+        reader.readuntil = counted  # type: ignore[method-assign]
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            reader.readuntil = readuntil  # type: ignore[method-assign]
+            gate.pending_bytes -= held
+
+
+def make_protocol(app: Mailflow, handler: InboundHandler, gate: Gate | None = None
+                  ) -> asyncio.Protocol:
+    """The protocol for one connection, with [inbound]'s size, TLS, AUTH and limits."""
     cfg = app.config.inbound
+    gate = gate if gate is not None else Gate(cfg)
+    if gate.open >= cfg.max_connections:
+        gate.refuse(f"more than max_connections ({cfg.max_connections}) open")
+        return _Busy()
     tls_context = None
     if cfg.tls_cert and cfg.tls_key:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -52,89 +401,18 @@ def make_protocol(app: Mailflow, handler: InboundHandler) -> SMTP:
                 auth_data.login, cfg.username.encode()) and hmac.compare_digest(
                 auth_data.password, cfg.password.encode())
             return AuthResult(success=ok, handled=False)
-    return SMTP(handler, data_size_limit=cfg.max_size, hostname=app.config.reply_domain,
-                ident="mailflow", enable_SMTPUTF8=True, tls_context=tls_context,
-                require_starttls=cfg.require_tls, authenticator=authenticator,
-                auth_required=bool(cfg.username),
-                # AUTH without TLS is only accepted by the config on loopback (config.py).
-                auth_require_tls=tls_context is not None)
+    return _Protocol(handler, gate, data_size_limit=cfg.max_size,
+                     hostname=app.config.reply_domain, ident="mailflow", enable_SMTPUTF8=True,
+                     tls_context=tls_context, require_starttls=cfg.require_tls,
+                     authenticator=authenticator, auth_required=bool(cfg.username),
+                     # AUTH without TLS is only accepted by the config on loopback (config.py).
+                     auth_require_tls=tls_context is not None,
+                     timeout=cfg.idle_timeout)
 
 
-class InboundHandler:
-    """Turns replies to `local+TOKEN@domain` into updates; knows nothing of sockets."""
-
-    def __init__(self, app: Mailflow, now: Callable[[], datetime] = clock.now,
-                 on_posted: Callable[[], Any] | None = None) -> None:
-        self.app = app
-        self.now = now
-        self.on_posted = on_posted  # wakes the outbox sender when a reply queued mail
-        self.in_flight = 0  # DATA transactions being committed; SIGTERM waits for them
-
-    def is_base(self, address: str) -> bool:
-        """The reply address without a token: where incidents are declared by email."""
-        cfg = self.app.config
-        local, token, domain = split_address(address)
-        return token is None and local == cfg.reply_local.lower() \
-            and domain == cfg.reply_domain.lower()
-
-    def incident_for(self, address: str) -> Incident | None:
-        """The open-or-not incident a recipient address names, if its token is valid."""
-        cfg = self.app.config
-        local, token, domain = split_address(address)
-        if local != cfg.reply_local.lower() or domain != cfg.reply_domain.lower() or not token:
-            return None
-        incident_id = verify(token, cfg.secrets(self.now()))
-        if incident_id is None:
-            return None
-        return Incident.get_or_none(Incident.id == incident_id)
-
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        """550 before any DATA for anything but a valid signed incident address."""
-        if self.is_base(address):
-            envelope.rcpt_tos.append(address)
-            return "250 OK"
-        incident = self.incident_for(address)
-        if incident is None:
-            log.info("RCPT %s refused: not a valid incident address", address)
-            return "550 5.1.1 unknown recipient: not a valid incident reply address"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        """Parse the reply, apply it, commit, and only then answer 250."""
-        self.in_flight += 1
-        try:
-            return self._data(envelope)
-        except Exception:  # never let one bad message take the server down
-            log.exception("reply from %s could not be processed", envelope.mail_from)
-            return "451 4.3.0 could not process the message; try again later"
-        finally:
-            self.in_flight -= 1
-
-    def _data(self, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        mail_from = envelope.mail_from or ""
-        reply = parse_reply(raw, envelope_from=mail_from)
-        now = self.now()
-        answers = []
-        before = self.app.outbox.queued
-        for address in envelope.rcpt_tos:
-            if self.is_base(address):
-                outcome = accept_declaration(self.app, reply, raw, mail_from, now)
-                log.info("declaration from %s: %s", reply.sender or "<>", outcome.message)
-                answers.append((outcome.code, outcome.message))
-                continue
-            incident = self.incident_for(address)
-            if incident is None:  # deleted between RCPT and DATA
-                answers.append((550, "5.1.1 unknown incident"))
-                continue
-            outcome = accept_reply(self.app, incident, reply, raw, mail_from, now)
-            log.info("reply from %s to %s: %s", reply.sender or "<>", incident.ref,
-                     outcome.outcome)
-            answers.append((outcome.code, outcome.message))
-        if self.app.outbox.queued != before and self.on_posted is not None:
-            self.on_posted()  # the reply queued mail (send now, resolved...): send it at once
-        # One answer for the whole DATA: success if any incident took it.
-        best = min(answers, default=(550, "5.1.1 no recipient"), key=lambda a: a[0])
-        return smtp_answer(*best)
+async def listen(app: Mailflow, handler: InboundHandler, host: str, port: int,
+                 gate: Gate | None = None) -> asyncio.Server:
+    """Serve `handler` on host:port (0: any free port) with one gate for all connections."""
+    gate = gate if gate is not None else Gate(app.config.inbound)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: make_protocol(app, handler, gate), host, port)

@@ -6,25 +6,26 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
-from . import statuspage
-from .clock import parse_duration
+from . import addresses, commands, statuspage
+from .addresses import STRICT, Rules, rules_of
+from .clock import as_utc, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
-from .render import Envelope, Personal, bare_address, one_line
+from .render import Envelope, Personal, clean_text, one_line
 from .tokens import reply_address
 
 if TYPE_CHECKING:
     from .app import Mailflow
+    from .contacts import Contacts, Service
 
 IMPACTS = {"outage": "complete downtime", "degraded": "degraded"}
-_IMPACT_ALIASES = {"outage": "outage", "downtime": "outage", "complete downtime": "outage",
-                   "down": "outage", "degraded": "degraded", "degradation": "degraded"}
-# seeds/002: what each priority means and its target resolution time.
+# What each priority means and its target resolution time.
 SEVERITY_LABELS = {
     "P0": "P0 (critical; target resolution within 1 h)",
     "P1": "P1 (high; target resolution within 4 h)",
@@ -36,32 +37,32 @@ SCHEDULE_KINDS = ("reminder", "mark")
 
 def check_severity(value: str) -> str:
     """Normalise "p1" to "P1"; anything else outside P0–P3 is refused."""
-    sev = str(value).strip().upper()
-    if sev not in SEVERITIES:
-        raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} (seeds/002)")
+    sev = commands.severity_of(value)  # the one table of spellings, shared with replies
+    if sev is None or sev not in SEVERITIES:
+        raise InvalidInput(f"severity {value!r}: use one of {', '.join(SEVERITIES)} "
+                           "(P0 critical … P3 low)")
     return sev
 
 
 def check_impact(value: str) -> str:
     """"outage"/"downtime" → outage; "degraded" → degraded."""
-    impact = _IMPACT_ALIASES.get(str(value).strip().lower())
+    impact = commands.impact_of(value)
     if impact is None:
         raise InvalidInput(f"impact {value!r}: use outage (complete downtime) or degraded")
     return impact
 
 
-def check_address(value: str, what: str = "address") -> str:
-    """A bare, lowercased address, or InvalidInput."""
-    addr = bare_address(value)
-    if not addr or any(c in value for c in "\r\n"):
-        raise InvalidInput(f"{what} {value!r} is not an email address")
-    return addr
+def check_address(value: str, what: str = "address", rules: Rules = STRICT) -> str:
+    """A bare, lowercased address that delivery accepts, or InvalidInput saying why."""
+    return addresses.check(value, what, rules)
 
 
 def get_incident(ref: str | int) -> Incident:
     """Find an incident by `INC-42`, `inc-42` or `42`."""
     m = re.fullmatch(r"(?:inc-?)?(\d+)", str(ref).strip(), re.I)
-    incident = Incident.get_or_none(Incident.id == int(m.group(1))) if m else None
+    # More than 18 digits cannot be an SQLite row id (it would overflow the query).
+    ok = m is not None and len(m.group(1).lstrip("0")) <= 18
+    incident = Incident.get_or_none(Incident.id == int(m.group(1))) if m and ok else None
     if incident is None:
         raise NotFound(f"no incident {ref!r}; `mailflow list` shows the incidents")
     return incident
@@ -123,8 +124,20 @@ class Item:
     new: bool
 
 
-def facts_of(incident: Incident) -> dict[str, str]:
-    """The fields seeds/000 asks every communication to carry, as label → value."""
+def person_label(contacts: Contacts | None, address: str | None, with_address: bool = True
+                 ) -> str:
+    """Who someone is for people: `Ana Lima <ana@example.org>` (or just `Ana Lima`) when
+    contacts.yaml knows them, else the address."""
+    if not address:
+        return ""
+    person = contacts.person(address) if contacts is not None and "@" in address else None
+    if person is None or not person.name.strip():
+        return address
+    return f"{person.name} <{address}>" if with_address else person.name
+
+
+def facts_of(incident: Incident, contacts: Contacts | None = None) -> dict[str, str]:
+    """The fields every communication carries, as label → value (people by name)."""
     facts = {
         "Service": incident.service_title,
         "Scope": IMPACTS[incident.impact].capitalize(),
@@ -133,32 +146,58 @@ def facts_of(incident: Incident) -> dict[str, str]:
         "How long / what makes it uncertain": incident.eta or "not known yet",
         "What has been started": incident.started or "assessment in progress",
         "Next debugging steps": incident.next_steps or "to be decided",
-        "Incident lead": incident.lead or "not assigned yet",
+        "Incident lead": person_label(contacts, incident.lead) or "not assigned yet",
     }
     if incident.communicator:
-        facts["Communicator"] = incident.communicator
+        facts["Communicator"] = person_label(contacts, incident.communicator)
     if incident.scribe:
-        facts["Scribe"] = incident.scribe
+        facts["Scribe"] = person_label(contacts, incident.scribe)
     return facts
 
 
+CONTINUED = "… (continued in the incident record)"
+# Mail only for the lead or communicator: a subject of its own saying what to do, and not
+# in the stakeholders' conversation (no In-Reply-To to their thread).
+LEAD_KINDS = ("reminder", "notice", "handover")
+# Deadlines before bulk: claimed ahead of a fan-out queued earlier.
+PRIORITY = {"reminder": 2, "handover": 2, "notice": 1, "escalation": 1}
+
+
+def _capped(text: str, limit: int) -> str:
+    """One update's text as an email carries it: at most `limit` characters, visibly cut."""
+    text = clean_text(text)
+    return text if len(text) <= limit else text[:limit].rstrip() + "\n" + CONTINUED
+
+
 def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
+            in_full: int | None = None, max_chars: int | None = None,
             **extra: Any) -> dict[str, Any]:
-    """Everything a template can use; `new` is measured against the last communication."""
-    current = facts_of(incident)
+    """Everything a template can use; `new` is measured against the last communication.
+
+    `in_full`: the newest updates carried in full (default `[emails] updates_in_full`); the
+    earlier ones are counted in one line, so an email's size does not grow with the incident.
+    """
+    current = facts_of(incident, app.contacts)
     before = incident.last_sent or {}
     first = incident.last_sent is None
-    facts = [Fact(k, v, new=not first and before.get(k) != v) for k, v in current.items()]
-    entries = (Entry.select().where((Entry.incident == incident)
-                                    & Entry.kind.in_(("update", "change", "handover")))
-               .order_by(Entry.at, Entry.id))
-    items = [Item(e.at, e.author, e.text, new=e.communicated_at is None) for e in entries]
+    facts = [Fact(k, clean_text(v), new=not first and before.get(k) != v)
+             for k, v in current.items()]
+    limit = app.config.emails.update_max_chars if max_chars is None else max_chars
+    in_full = app.config.emails.updates_in_full if in_full is None else in_full
+    where = (Entry.incident == incident) & Entry.kind.in_(("update", "change", "handover", "reopened"))
+    total = Entry.select().where(where).count()
+    newest = list(Entry.select().where(where).order_by(Entry.at.desc(), Entry.id.desc())
+                  .limit(in_full))
+    items = [Item(e.at, person_label(app.contacts, e.author, with_address=False),
+                  _capped(e.text, limit), new=e.communicated_at is None)
+             for e in reversed(newest)]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
     ctx: dict[str, Any] = {
         "kind": kind,
         "incident": IncidentView(incident),
         "facts": facts,
         "updates": items,
+        "earlier_updates": total - len(items),
         "has_news": has_news,
         "now": now,
         "elapsed": now - incident.declared_at,
@@ -169,7 +208,66 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
                                        incident.id, app.config.secret),
     }
     ctx.update(extra)
+    ctx["preheader"] = preheader(incident, kind, ctx)
+    ctx["subject"] = subject_of(app, incident, kind, ctx)
     return ctx
+
+
+def _first_line(text: str, width: int = 90) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+def preheader(incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
+    """The preview text an inbox list shows: the kind of email and its news, first."""
+    before = incident.last_sent or {}
+
+    def short(label: str, value: str) -> str:  # "P1 — critical…" -> "P1"; "Degraded" -> "degraded"
+        return value.split()[0] if label == "Severity" and value else value.lower()
+
+    shifts = [f"{short(f.label, before.get(f.label, ''))} → {short(f.label, f.value)}"
+              for f in ctx["facts"] if f.new and f.label in ("Severity", "Scope")]
+    news = [i for i in ctx["updates"] if i.new]
+    if kind == "start":
+        return f"STARTED — {incident.severity} {IMPACTS[incident.impact]} — {incident.summary}"
+    if kind == "update":
+        n = Entry.select().where((Entry.incident == incident) & (Entry.kind == "email")
+                                 & Entry.text.startswith("update email")).count() + 1
+        said = ", ".join(shifts)
+        if news:
+            said = f"{said} — {_first_line(news[-1].text)}" if said else _first_line(news[-1].text)
+        return f"UPDATE {n} — {said or 'no new information; investigation continues'}"
+    if kind == "solved":
+        took = format_duration(max(timedelta(0), (incident.resolved_at or ctx["now"])
+                                   - incident.declared_at))
+        label = "SOLVED" if incident.status == "resolved" else "SOLVED, follow-up pending"
+        return f"{label} after {took} — {_first_line(incident.resolution or incident.summary)}"
+    if kind == "escalation":
+        return (f"ESCALATION after {format_duration(ctx.get('threshold') or ctx['elapsed'])} — "
+                f"a decision is needed: {incident.summary}")
+    if kind == "reminder" and incident.next_comm_at:
+        return (f"Update due at {incident.next_comm_at:%H:%M} UTC — reply to this email to add "
+                "to it, or let it go out as it is")
+    if kind == "handover":
+        return "Time to hand over the lead — reply with `lead: someone@example.org`"
+    return str(ctx.get("title") or incident.subject)
+
+
+def subject_of(app: Mailflow, incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
+    """The Subject: the incident's own for stakeholders; a to-do of its own for the lead."""
+    if kind == "reminder" and incident.next_comm_at:
+        return f"[{incident.ref}] Update due at {incident.next_comm_at:%H:%M} UTC — reply to send it"
+    if kind == "handover":
+        return f"[{incident.ref}] Hand over the lead — you have led it for " \
+               f"{format_duration(ctx.get('led_for') or ctx['elapsed'])}"
+    if kind == "notice":
+        title = str(ctx.get("title") or "")
+        return title if title.startswith(f"[{incident.ref}]") else f"[{incident.ref}] {title}"
+    if app.config.emails.subject_style == "status":
+        # The state up front, the stable part after: what the team asked for, at the cost of
+        # Gmail's conversation (it threads only identical subjects).
+        return f"{ctx['preheader'].split(' — ')[0]} · {incident.subject}"
+    return incident.subject
 
 
 class IncidentView:
@@ -200,7 +298,7 @@ class IncidentView:
 def add_recipient(app: Mailflow, incident: Incident, address: str, reason: str,
                   now: datetime) -> Recipient:
     """Add someone to the incident's emails (idempotent: the first reason is kept)."""
-    email = check_address(address)
+    email = check_address(address, rules=rules_of(app.config))
     existing = Recipient.get_or_none((Recipient.incident == incident) & (Recipient.email == email))
     if existing is not None:
         if existing.status != "active" and reason:
@@ -256,23 +354,40 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
                   .order_by(Recipient.id))
     if not to:
         return []
-    ctx = context(app, incident, kind, now, **extra)
     cfg = app.config
-    threads = {r.email: r.first_message_id for r in to if r.first_message_id}
-    envelope = Envelope(
-        sender=cfg.sender, subject=incident.subject, date=now, domain=cfg.reply_domain,
-        reply_to=ctx["reply_address"], threads=threads,
-        extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
-    )
+    own_thread = kind in LEAD_KINDS
+    threads = {} if own_thread else {r.email: r.first_message_id for r in to if r.first_message_id}
+    people = [personal(app, r) for r in to]
     by_email = {r.email: r for r in to}
-    outgoing = app.renderer.personalise(kind, ctx, [personal(app, r) for r in to], envelope)
+    in_full = cfg.emails.updates_in_full
+    # Imported here: the outbox module pulls in aiosmtplib, which CLI start-up should not pay.
+    from .outbox import size_limit
+    limit = size_limit(cfg.outbound)
+    max_chars = cfg.emails.update_max_chars
+    while True:
+        ctx = context(app, incident, kind, now, in_full=in_full, max_chars=max_chars, **extra)
+        envelope = Envelope(
+            sender=cfg.sender, subject=ctx["subject"], date=now, domain=cfg.reply_domain,
+            reply_to=ctx["reply_address"], threads=threads,
+            extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
+        )
+        outgoing = app.renderer.personalise(kind, ctx, people, envelope)
+        # Bounded size: older updates are left out (counted in a line), then the newest is
+        # cut shorter, until the biggest copy fits; a relay refuses what is bigger than it
+        # accepts, for everyone.
+        if max(len(o.raw) for o in outgoing) <= limit or max_chars < 200:
+            break
+        if in_full > 1:
+            in_full //= 2
+        else:
+            max_chars //= 2
     with app.db.atomic():
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
                            [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
-                           expires_at=expires_at)
+                           expires_at=expires_at, priority=PRIORITY.get(kind, 0))
         for o in outgoing:
             r = by_email[o.recipient.email]
-            if not r.first_message_id:
+            if not r.first_message_id and not own_thread:
                 Recipient.update(first_message_id=o.message_id).where(
                     Recipient.id == r.id).execute()
         names = ", ".join(o.recipient.email for o in outgoing[:20])
@@ -283,7 +398,7 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
             statuspage.record(app, incident, kind, now)  # the status page's one choke point
             Entry.update(communicated_at=now).where(
                 (Entry.incident == incident) & Entry.communicated_at.is_null()).execute()
-            incident.last_sent = facts_of(incident)
+            incident.last_sent = facts_of(incident, app.contacts)
             incident.last_comm_at = now
             incident.save()
     return [o.message_id for o in outgoing]
@@ -354,6 +469,16 @@ def schedule_handover(app: Mailflow, incident: Incident, now: datetime) -> None:
 
 # --- the lifecycle ------------------------------------------------------------------------
 
+def default_lead(service: Service) -> str:
+    """The first of the service's on-call people; an incident without a lead reminds nobody."""
+    if service.oncall:
+        return service.oncall[0]
+    raise InvalidInput(
+        f"no lead for this incident: name one with --lead EMAIL, or give service "
+        f"{service.key!r} an `oncall: [EMAIL, ...]` list in contacts.yaml (its first person "
+        "leads by default)")
+
+
 def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact: str,
             summary: str, impacted: Iterable[str] = (), eta: str = "", started: str = "",
             next_steps: str = "", lead: str | None = None, author: str = "") -> Incident:
@@ -364,8 +489,9 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
     summary = summary.strip()
     if not summary:
         raise InvalidInput("summary: say in one line what is broken")
-    impacted = [check_address(a, "impacted address") for a in impacted if a.strip()]
-    lead = check_address(lead, "lead") if lead else None
+    rules = rules_of(app.config)
+    impacted = [check_address(a, "impacted address", rules) for a in impacted if a.strip()]
+    lead = check_address(lead, "lead", rules) if lead else default_lead(svc)
     app.contacts.expand(svc.notify)  # an unknown list fails here, before anything is written
     with app.db.atomic():
         incident = Incident.create(
@@ -419,7 +545,7 @@ def post_update(app: Mailflow, incident: Incident, text: str, author: str,
         raise InvalidInput("update text is empty")
     entry = log(incident, now, "update", text, author=author, shown=True)
     if incident.scribe and incident.scribe != author:
-        # seeds/003: the scribe keeps the log, so they see every reply as it is posted.
+        # The scribe keeps the log, so they see every reply as it is posted.
         scribe = add_recipient(app, incident, incident.scribe, "as the incident scribe", now)
         communicate(app, incident, "notice", now, to=[scribe], marks_sent=False,
                     title=f"{author or 'someone'} posted to {incident.ref}",
@@ -464,22 +590,202 @@ def send_update(app: Mailflow, incident: Incident, now: datetime) -> list[str]:
     return communicate(app, incident, "update", now)
 
 
+def when_text(at: datetime, tz: str | None = None) -> str:
+    """`2026-11-24 11:00 UTC`, with the time in `tz` added: `(12:00 Europe/Zurich)`."""
+    text = f"{as_utc(at):%Y-%m-%d %H:%M} UTC"
+    if tz and tz != "UTC":
+        local = as_utc(at).astimezone(ZoneInfo(tz))
+        day = "" if local.date() == as_utc(at).date() else f"{local:%Y-%m-%d} "
+        text += f" ({day}{local:%H:%M} {tz})"
+    return text
+
+
+def next_update_at(value: str, now: datetime, tz: str | None = None) -> datetime:
+    """When `next update: VALUE` means: `30m` from now, or `14:30` today in `tz` (UTC when
+    None; `14:30 UTC` is always UTC). A time already past today is refused, never taken
+    to mean tomorrow: a typo must not silence the stakeholders for a day."""
+    norm = commands.next_update_value(value)
+    m = re.fullmatch(r"(\d{2}):(\d{2})( UTC)?", norm)
+    if not m:
+        return now + parse_duration(norm, what="next update")
+    zone_name = "UTC" if m.group(3) or not tz else tz
+    local_now = as_utc(now).astimezone(ZoneInfo(zone_name))
+    at = local_now.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0,
+                           microsecond=0).astimezone(timezone.utc)
+    if at <= now:
+        raise InvalidInput(
+            f"{m.group(1)}:{m.group(2)} {zone_name} has already passed today (it is "
+            f"{local_now:%H:%M} {zone_name} on {local_now:%Y-%m-%d}): give a later time, or a "
+            "duration such as 30m")
+    return at
+
+
 @mutates
 def set_next_update(app: Mailflow, incident: Incident, value: str, now: datetime,
-                    author: str) -> datetime:
-    """`next update: 30m` or `next update: 14:30` (UTC) moves the next mark."""
+                    author: str, tz: str | None = None) -> datetime:
+    """`next update: 30m` or `next update: 14:30` (in `tz`, UTC if None) moves the next mark."""
     require_open(incident)
-    value = value.strip()
-    m = re.fullmatch(r"(\d{1,2}):(\d{2})(?:\s*utc)?", value, re.I)
-    if m:
-        at = now.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0, microsecond=0)
-        if at <= now:
-            at += timedelta(days=1)
-    else:
-        at = now + parse_duration(value, what="next update")
+    at = next_update_at(value, now, tz)
     schedule_mark(app, incident, at, now)
-    log(incident, now, "schedule", f"next communication moved to {at:%H:%M} UTC", author=author)
+    log(incident, now, "schedule", f"next communication moved to {when_text(at, tz)}",
+        author=author)
     return at
+
+
+# --- one action, one entry ----------------------------------------------------------------
+
+FIELD_LABELS = {"severity": "Severity", "impact": "Scope", "eta": "How long",
+                "started": "What has been started", "next_steps": "Next debugging steps",
+                "lead": "Lead", "communicator": "Communicator", "scribe": "Scribe",
+                "impacted": "Impacted"}
+FIELDS = ("severity", "impact", "eta", "started", "next_steps", *("lead", "communicator",
+                                                                  "scribe"))
+
+
+@dataclass
+class Action:
+    """What one update did: its one timeline entry, what changed, what was refused."""
+
+    entry: Entry | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (what was asked, why not)
+    next_comm_at: datetime | None = None
+
+    @property
+    def applied(self) -> list[str]:
+        """The changes as short labels: `Severity: P1 → P2`."""
+        return [change_label(c) for c in self.changes]
+
+
+def change_label(change: dict[str, Any]) -> str:
+    """One change in words: `Severity: P1 → P2`, `Impacted: + carol@example.org`."""
+    name = change["field"]
+    label = FIELD_LABELS.get(name, name)
+    if name == "next_update":
+        return f"Next communication: {change['text']}"
+    if name == "impacted":
+        return f"{label}: + {change['new']}"
+    old, new = change.get("old"), change.get("new")
+    if name == "impact":
+        old, new = IMPACTS.get(old or "", old), IMPACTS.get(new or "", new)
+    return f"{label}: {old or '—'} → {new}"
+
+
+def field_changes(entries: Iterable[Entry], name: str) -> list[tuple[Entry, dict[str, Any]]]:
+    """Every change of field `name` in these entries, old one-change entries included."""
+    found = []
+    for entry in entries:
+        data = entry.data or {}
+        changes = data.get("changes")
+        if changes is None and "field" in data:  # an entry written before one-entry actions
+            changes = [data]
+        for change in changes or []:
+            if change.get("field") == name:
+                found.append((entry, change))
+    return found
+
+
+@mutates
+def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, *,
+                 text: str = "", fields: dict[str, str | None] | None = None,
+                 impacted: Sequence[str] = (), next_update: str | None = None,
+                 tz: str | None = None, strict: bool = True, note: str = "") -> Action:
+    """One person's one action: text and any field, role, impacted or next-mark changes,
+    recorded as ONE timeline entry (their text first, the changes in one compact line).
+
+    `strict` (the CLI): any bad value refuses the whole action, nothing changed. Not
+    strict (a reply): each bad value is refused on its own (in `Action.refused`) and the
+    rest applies. `note` is added below the changes (e.g. lines posted as text only).
+    """
+    require_open(incident)
+    action = Action()
+    rules = rules_of(app.config)
+    planned: list[tuple[str, Any, Any]] = []
+    for name, value in (fields or {}).items():
+        if value is None:
+            continue
+        try:
+            if name == "severity":
+                new: Any = check_severity(value)
+            elif name == "impact":
+                new = check_impact(value)
+            elif name in ROLES:
+                new = check_address(value, name, rules)
+            elif name in FIELDS:
+                new = value.strip()
+            else:
+                raise InvalidInput(f"unknown field {name!r}")
+        except InvalidInput as exc:
+            action.refused.append((f"{name.replace('_', ' ')}: {value}", str(exc)))
+            continue
+        planned = [p for p in planned if p[0] != name]  # the last of two wins
+        if (getattr(incident, name) or "") != new:
+            planned.append((name, getattr(incident, name), new))
+    added: list[str] = []
+    for value in impacted:
+        try:
+            addr = check_address(value, "impacted address", rules)
+        except InvalidInput as exc:
+            action.refused.append((f"impacted: {value}", str(exc)))
+            continue
+        if addr not in incident.impacted and addr not in added:
+            added.append(addr)
+    at = None
+    if next_update:
+        try:
+            at = next_update_at(next_update, now, tz)
+        except InvalidInput as exc:
+            action.refused.append((f"next update: {next_update}", str(exc)))
+    text = text.strip()
+    if strict and action.refused:
+        raise InvalidInput(f"{action.refused[0][0]}: {action.refused[0][1]}")
+    for name, _old, new in planned:
+        setattr(incident, name, new)
+        if name in ROLES:
+            add_recipient(app, incident, new, f"as the incident {name}", now)
+            if name == "lead":
+                incident.lead_since = now
+    if added:
+        incident.impacted = [*incident.impacted, *added]
+        for addr in added:
+            add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
+    incident.save()
+    action.changes = [{"field": n, "old": o, "new": v} for n, o, v in planned]
+    action.changes += [{"field": "impacted", "new": a} for a in added]
+    names = {n for n, _, _ in planned}
+    if "severity" in names:
+        schedule_escalations(app, incident, now)
+        # The cadence follows the new severity from now on. A mark already announced is
+        # kept if it comes sooner: stakeholders were told to expect it.
+        sooner = now + update_every(app, incident)
+        if incident.next_comm_at is None or sooner < incident.next_comm_at:
+            schedule_mark(app, incident, sooner, now)
+    if "lead" in names:
+        schedule_handover(app, incident, now)
+    if at is not None:
+        schedule_mark(app, incident, at, now)  # said explicitly: wins over the cadence
+    action.next_comm_at = incident.next_comm_at
+    if text or action.changes:
+        labels = action.applied
+        if at is not None:
+            labels.append(f"Next communication: {when_text(at, tz)}")
+        body = "\n\n".join(part for part in (text, " · ".join(labels), note.strip()) if part)
+        kind = "update" if text else ("handover" if names == {"lead"} and not added
+                                      else "change")
+        data = {"changes": action.changes}
+        if len(action.changes) == 1:  # the shape one-change entries always had
+            data.update(action.changes[0])
+        action.entry = log(incident, now, kind, body, author=author, shown=True, data=data)
+        if text and incident.scribe and incident.scribe != author:
+            # The scribe keeps the log, so they see every reply as it is posted.
+            scribe = add_recipient(app, incident, incident.scribe, "as the incident scribe", now)
+            communicate(app, incident, "notice", now, to=[scribe], marks_sent=False,
+                        title=f"{author or 'someone'} posted to {incident.ref}",
+                        paragraphs=[body])
+    elif at is not None:
+        log(incident, now, "schedule", f"next communication moved to {when_text(at, tz)}",
+            author=author)
+    return action
 
 
 @mutates
@@ -598,14 +904,14 @@ ROLES = ("lead", "communicator", "scribe")
 @mutates
 def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
            **roles: str | None) -> None:
-    """Give a role to someone; a new lead restarts the handover clock (seeds/003, 004)."""
+    """Give a role to someone; a new lead restarts the handover clock."""
     require_open(incident)
     for role, value in roles.items():
         if role not in ROLES:
             raise InvalidInput(f"unknown role {role!r}: use lead, communicator or scribe")
         if value is None:
             continue
-        addr = check_address(value, role)
+        addr = check_address(value, role, rules_of(app.config))
         old = getattr(incident, role)
         if old == addr:
             continue
@@ -624,11 +930,63 @@ def assign(app: Mailflow, incident: Incident, now: datetime, author: str,
 @mutates
 def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
                  author: str) -> Recipient:
-    """seeds/000: "add people to the email when there is one" — from the next email on."""
-    addr = check_address(address, "impacted address")
+    """Add people to the emails, from the next email on."""
+    addr = check_address(address, "impacted address", rules_of(app.config))
     if addr not in incident.impacted:
         incident.impacted = [*incident.impacted, addr]
         incident.save()
         log(incident, now, "change", f"Added {addr} to the impacted people", author=author,
             shown=True, data={"field": "impacted", "new": addr})
     return add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
+
+
+@mutates
+def reopen(app: Mailflow, incident: Incident, now: datetime, author: str, text: str = "",
+           notify: bool = True) -> list[str]:
+    """Back to open with its cadence (marks, reminders, escalations, handover rescheduled);
+    everyone is told at once unless `notify` is False (the caller sends the update)."""
+    if incident.is_open:
+        raise InvalidInput(f"{incident.ref} is open; only a resolved incident is reopened")
+    if incident.status not in ("resolved", "follow-up"):
+        raise InvalidInput(f"{incident.ref} is {incident.status}; only a resolved incident is "
+                           "reopened")
+    was = incident.status
+    incident.status = "open"
+    incident.resolved_at = None
+    incident.closed_at = None
+    incident.save()
+    cancel_due(incident, now, kinds=("postmortem",))  # its draft waits for the new end
+    schedule_escalations(app, incident, now)
+    schedule_mark(app, incident, now + update_every(app, incident), now)
+    text = text.strip()
+    log(incident, now, "reopened", f"Reopened (was {was}){': ' + text if text else ''}",
+        author=author, shown=True, data={"was": was, "text": text})
+    return send_update(app, incident, now) if notify else []
+
+
+def remove_person(app: Mailflow, email: str, now: datetime, author: str) -> list[str]:
+    """Take someone off every open incident (recipients, roles, impacted), with a timeline
+    entry each; their later replies are a stranger's. Returns the refs they were on."""
+    address = addresses.normalise(email) or str(email).strip().lower()
+    refs = []
+    with app.db.atomic("IMMEDIATE"):
+        for incident in Incident.select().where(Incident.status.in_(("open", "draft", "follow-up"))):
+            roles = [r for r in ROLES if getattr(incident, r) == address]
+            listed = address in incident.impacted
+            gone = Recipient.delete().where((Recipient.incident == incident)
+                                            & (Recipient.email == address)).execute()
+            if not (roles or listed or gone):
+                continue
+            for role in roles:
+                setattr(incident, role, None)
+            if listed:
+                incident.impacted = [a for a in incident.impacted if a != address]
+            incident.save()
+            what = ["the recipients"] if gone else []
+            what += [f"the {role} role" for role in roles]
+            what += ["the impacted people"] if listed else []
+            log(incident, now, "removed",
+                f"{address} removed from contacts.yaml: taken off {', '.join(what)}",
+                author=author, data={"email": address, "roles": roles})
+            refs.append(incident.ref)
+    return refs

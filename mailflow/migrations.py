@@ -150,7 +150,7 @@ def _m0001_initial(db: Database, migrator: SchemaMigrator) -> None:
         mail_from = CharField()
         sender = CharField()
         message_id = CharField(index=True)
-        raw = BlobField()
+        content = BlobField(column_name="raw")  # `raw` would shadow Model.raw()
         outcome = CharField()
 
         class Meta:
@@ -163,7 +163,7 @@ def _m0001_initial(db: Database, migrator: SchemaMigrator) -> None:
         recipient = CharField()
         envelope_from = CharField()
         message_id = CharField()
-        raw = BlobField()
+        content = BlobField(column_name="raw")  # `raw` would shadow Model.raw()
         created_at = DateTimeField()
         next_attempt_at = DateTimeField()
         claimed_until = DateTimeField(null=True)
@@ -273,6 +273,18 @@ def _m0006_alerts_status_subscribers(db: Database, migrator: SchemaMigrator) -> 
     db.create_tables([Alert, StatusUpdate, Subscriber], safe=True)
 
 
+def _m0007_inmessage_digest(db: Database, migrator: SchemaMigrator) -> None:
+    """A declaration's sender + body digest: the same one within an hour declares once."""
+    _add_column(db, migrator, "inmessage", "digest", CharField(default=""))
+    _add_index(db, "inmessage", ("digest",))
+
+
+def _m0008_outbox_priority_and_failure_notice(db: Database, migrator: SchemaMigrator) -> None:
+    """Mail for the lead goes ahead of a fan-out; a failure is told to the lead once."""
+    _add_column(db, migrator, "outmessage", "priority", IntegerField(default=0))
+    _add_column(db, migrator, "outmessage", "failure_told_at", DateTimeField(null=True))
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
@@ -280,6 +292,9 @@ MIGRATIONS: list[Migration] = [
     Migration("0004_reply_duplicate_index", _m0004_reply_duplicate_index),
     Migration("0005_outbox_expires_at", _m0005_outbox_expires_at),
     Migration("0006_alerts_status_subscribers", _m0006_alerts_status_subscribers),
+    Migration("0007_inmessage_digest", _m0007_inmessage_digest),
+    Migration("0008_outbox_priority_and_failure_notice",
+              _m0008_outbox_priority_and_failure_notice),
 ]
 
 

@@ -146,6 +146,8 @@ class OutMessage(BaseModel):
     expires_at = UTCDateTimeField(null=True)  # a reminder is worthless after its deadline
     sent_at = UTCDateTimeField(null=True)
     last_error = TextField(default="")
+    priority = IntegerField(default=0)  # higher first: mail for the lead before a fan-out
+    failure_told_at = UTCDateTimeField(null=True)  # its failure is in a notice to the lead
 
     class Meta:
         indexes = (
@@ -184,6 +186,7 @@ class InMessage(BaseModel):
     message_id = CharField(default="")
     content = BlobField(column_name="raw")  # not `raw`: that is peewee's Model.raw()
     outcome = CharField(default="")  # posted | command | auto-reply | bounce | empty | note
+    digest = CharField(default="", index=True)  # a declaration's sender + body (deduplication)
 
     class Meta:
         # The duplicate check of every reply: without it each reply walks all earlier ones.

@@ -23,6 +23,7 @@ import logging
 import mailbox
 import os
 import queue
+import re
 import sqlite3
 import ssl
 import threading
@@ -38,7 +39,7 @@ from peewee import SqliteDatabase
 
 from .clock import format_duration
 from .config import Outbound
-from .models import Entry, OutMessage, Recipient
+from .models import Due, Entry, OutMessage, Recipient
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,42 @@ class RelayDown(TemporaryFailure):
 
 
 class PermanentFailure(Exception):
-    """The relay said 5xx for this recipient: do not retry."""
+    """The relay said 5xx for this recipient: do not retry, and send them nothing more."""
+
+
+class MessageRefused(PermanentFailure):
+    """The relay refused this message (size, content, policy), not its recipient.
+
+    The message is failed; the recipient stays active and later communications are tried.
+    """
+
+
+_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+_NO_SUCH_USER = re.compile(
+    r"user unknown|unknown user|no such (user|mailbox|recipient)|mailbox (unavailable|not found)"
+    r"|recipient (address )?rejected|does not exist|invalid recipient|address rejected", re.I)
+
+
+def classify_refusal(code: int, message: str, stage: str) -> Exception:
+    """The failure an SMTP reply stands for: temporary, this recipient, or this message.
+
+    `stage` is the command that was refused ("MAIL", "RCPT" or "DATA"). A code outside
+    200-599 is not one a relay may send (RFC 5321 4.2): treated as temporary, never as a
+    reason to stop mailing someone. RFC 3463 says what the enhanced code's subject means:
+    x.1.x is the address; x.3.x (system), x.6.x (content) and x.7.x (policy) are about the
+    message. 552 (too big) and 554 (transaction failed) refuse the message.
+    """
+    text = f"{code} {message}".strip()
+    if not 500 <= code <= 599:
+        return TemporaryFailure(text)
+    enhanced = _ENHANCED.search(message)
+    subject = enhanced.group(2) if enhanced else ""
+    if subject == "1" or _NO_SUCH_USER.search(message):
+        return PermanentFailure(text)
+    if subject in ("3", "6", "7") or code in (552, 554):
+        return MessageRefused(text)
+    # No detail: a 5xx to RCPT is about that address, a 5xx to MAIL or DATA about the message.
+    return PermanentFailure(text) if stage == "RCPT" else MessageRefused(text)
 
 
 class Transport(Protocol):
@@ -156,6 +192,7 @@ class SMTPTransport:
             raise RelayDown(f"relay {s.host}:{s.port} refused login: {exc}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise RelayDown(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
+        ADVERTISED_SIZE[(s.host, s.port)] = relay_size_limit(smtp)
         return smtp
 
     async def send(self, envelope_from: str, recipient: str, raw: bytes, *,
@@ -170,9 +207,9 @@ class SMTPTransport:
                 return
             except aiosmtplib.SMTPResponseException as exc:
                 await self._reset()
-                if exc.code >= 500:
-                    raise PermanentFailure(f"{exc.code} {exc.message}") from exc
-                raise TemporaryFailure(f"{exc.code} {exc.message}") from exc
+                stage = ("RCPT" if isinstance(exc, aiosmtplib.SMTPRecipientRefused) else
+                         "MAIL" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "DATA")
+                raise classify_refusal(exc.code, exc.message, stage) from exc
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 self._smtp = None
                 if attempt == 2:
@@ -189,6 +226,12 @@ class SMTPTransport:
         SIZE (RFC 1870) is the length: exact, as outbox content has CRLF line ends.
         """
         size = (b"SIZE=%d" % len(raw),) if smtp.supports_extension("size") else ()
+        limit = relay_size_limit(smtp)
+        if limit and len(raw) > limit:
+            # The relay said in EHLO it takes nothing bigger: refused without asking, for this
+            # message only (its recipient still gets the next, smaller one).
+            raise MessageRefused(f"552 message of {len(raw)} bytes exceeds the relay's SIZE "
+                                 f"limit of {limit}")
         reply = await smtp.execute_command(b"MAIL", b"FROM:" + sender, *size)
         if reply.code != 250:
             raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender.decode())
@@ -242,6 +285,24 @@ class SMTPTransport:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                 await self._smtp.quit()
             self._smtp = None
+
+
+# The SIZE each relay advertised when this process last connected to it, by (host, port):
+# communications are rendered to fit it, not only `max_message_size`.
+ADVERTISED_SIZE: dict[tuple[str, int], int] = {}
+
+
+def relay_size_limit(smtp: aiosmtplib.SMTP) -> int:
+    """The largest message the relay accepts (EHLO SIZE, RFC 1870); 0 when it set none."""
+    value = (smtp.esmtp_extensions.get("size") or "").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def size_limit(settings: Outbound) -> int:
+    """The largest email to render: `max_message_size`, or less if the relay said so."""
+    advertised = ADVERTISED_SIZE.get((settings.host, settings.port), 0) if settings.host else 0
+    return min(settings.max_message_size, advertised) if advertised else \
+        settings.max_message_size
 
 
 def make_transport(settings: Outbound, maildir: Path) -> Transport:
@@ -386,8 +447,7 @@ class Outbox:
         # emails, before the first one can go out). It still does past 40 MB, as a backstop.
         db.execute_sql(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP}")
         self.queued = 0  # messages queued by this process: the daemon wakes its sender on a change
-        # Called inside the failure's transaction: the app tells the incident lead.
-        self.on_failure: Callable[[Claimed, str, datetime], None] | None = None
+        self.urgent = False  # mail with a priority was queued since the last look
 
     def close(self) -> None:
         """Close the bookkeeping connections (after their last commits)."""
@@ -396,24 +456,33 @@ class Outbox:
 
     def enqueue(self, incident_id: int | None, kind: str, envelope_from: str,
                 messages: Sequence[tuple[str, str, bytes]], now: datetime,
-                expires_at: datetime | None = None) -> None:
+                expires_at: datetime | None = None, priority: int = 0) -> None:
         """Queue (recipient, Message-ID, raw bytes) triples; the caller's transaction commits.
+
+        `priority`: higher is claimed first (mail for the lead goes ahead of a fan-out).
 
         One executemany: peewee's per-row query building cost more than the SQLite insert.
         """
         at = _sql_time(now)
         expires = _sql_time(expires_at) if expires_at else None
         self.queued += len(messages)
+        if priority > 0:
+            self.urgent = True  # a drain in progress takes it ahead of the rest of its batch
         self.db.cursor().executemany(
             "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
-            "raw, created_at, next_attempt_at, expires_at, attempts, status, last_error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'queued', '')",
-            [(incident_id, kind, rcpt, envelope_from, mid, raw, at, at, expires)
+            "raw, created_at, next_attempt_at, expires_at, attempts, status, last_error, priority) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'queued', '', ?)",
+            [(incident_id, kind, rcpt, envelope_from, mid, raw, at, at, expires, priority)
              for rcpt, mid, raw in messages])
 
     def pending(self) -> int:
         """How many messages are not yet sent or failed."""
         return OutMessage.select().where(OutMessage.status.in_(("queued", "sending"))).count()
+
+    def pending_now(self, now: datetime) -> bool:
+        """Whether a message is queued and due at `now` (a drain should start)."""
+        return OutMessage.select().where((OutMessage.status == "queued")
+                                         & (OutMessage.next_attempt_at <= now)).exists()
 
     def claim(self, now: datetime, limit: int = 500) -> list[Claimed]:
         """Take due messages (oldest first, one per recipient at a time) for this sender."""
@@ -430,10 +499,13 @@ class Outbox:
     _DUE = ("((status = 'queued' AND next_attempt_at <= :at) OR (status = 'sending' AND "
             "(claimed_until <= :at OR claimed_by IN (SELECT value FROM json_each(:dead)))))")
     # One message per recipient at a time: nothing earlier to them is still waiting.
+    # A message of higher priority (the lead's reminder) may pass their place in a fan-out.
     _FIRST = ("NOT EXISTS (SELECT 1 FROM outmessage AS e WHERE e.recipient = m.recipient "
-              "AND e.status IN ('queued', 'sending') AND e.id < m.id)")
+              "AND e.status IN ('queued', 'sending') AND e.id < m.id "
+              "AND e.priority >= m.priority)")
 
-    def _claim(self, conn: sqlite3.Connection, now: datetime, limit: int) -> list[Claimed]:
+    def _claim(self, conn: sqlite3.Connection, now: datetime, limit: int,
+               urgent: bool = False) -> list[Claimed]:
         """The claim itself, on the claim lane; raw SQL (peewee objects cost more than SQL).
 
         Marks wait while the write lock is held, so it is held only for the UPDATE (~0.5 ms
@@ -447,11 +519,13 @@ class Outbox:
             "WHERE status = 'sending' AND claimed_by IS NOT NULL") if pid != me and not _alive(pid)]
         params = {"at": _sql_time(now), "dead": json.dumps(dead), "me": me,
                   "until": _sql_time(now + LEASE), "limit": limit}
-        # `id IN (due)` walks the due ids in order, so LIMIT stops early (no sort of them all).
+        # Deadlines before bulk: higher priority first, then in order. `id IN (due)` keeps
+        # the scan to what is due; `urgent` takes only mail with a priority.
+        only = "AND priority > 0 " if urgent else ""
         candidates = conn.execute(
             "SELECT id, incident_id, kind, recipient, envelope_from, raw, created_at, expires_at "
             f"FROM outmessage AS m WHERE id IN (SELECT id FROM outmessage WHERE {self._DUE}) "
-            f"AND {self._FIRST} ORDER BY id LIMIT :limit", params).fetchall()
+            f"{only}AND {self._FIRST} ORDER BY priority DESC, id LIMIT :limit", params).fetchall()
         if not candidates:
             return []
         with self._writing:
@@ -555,6 +629,14 @@ class Outbox:
                 now = clock()
                 if now >= lease_end or stop():
                     return  # what is left stays claimed until the lease ends, then is re-sent
+                if self.urgent:
+                    # The lead's reminder was queued during this drain: it goes next, not
+                    # after the hundreds of messages already claimed.
+                    self.urgent = False
+                    queue.extendleft(reversed(await asyncio.wrap_future(
+                        self._claims.submit(self._claim, now, PREFETCH_AT, True))))
+                    if not queue:
+                        return
                 msg = queue.popleft()
                 if msg.expires_at is not None and now >= msg.expires_at:
                     await _settle(marking)
@@ -577,7 +659,8 @@ class Outbox:
                  report: Report) -> None:
         """Record why a message did not go out (a retry, or a failure)."""
         if isinstance(exc, PermanentFailure):
-            self._failed(msg, now, str(exc), report)
+            self._failed(msg, now, str(exc), report,
+                         dead_recipient=not isinstance(exc, MessageRefused))
         elif isinstance(exc, RelayDown):
             # Nobody can be reached: probe again in a minute with the whole batch, without
             # counting it as an attempt for each message (their backoff would grow for
@@ -589,7 +672,7 @@ class Outbox:
             self._retry(msg, now, str(exc), report)
         else:  # one bad message must not stall the whole outbox
             log.error("delivery to %s failed unexpectedly", msg.recipient, exc_info=exc)
-            self._failed(msg, now, f"could not be sent: {exc!r}", report)
+            self._failed(msg, now, f"could not be sent: {exc!r}", report, dead_recipient=False)
 
     def _mine(self, msg: Claimed) -> Any:
         """Write back only a claim that is still ours (another sender may have taken it)."""
@@ -608,7 +691,7 @@ class Outbox:
                quiet: bool = False, probe: bool = False) -> None:
         if now - msg.created_at >= self.retry_for:
             self._failed(msg, now, f"gave up after {format_duration(self.retry_for)}: {error}",
-                         report, permanent=False)
+                         report, dead_recipient=False)
             return
         delay = PROBE if probe else BACKOFF[min(msg.attempts, len(BACKOFF) - 1)]
         with self.db.atomic():
@@ -621,22 +704,46 @@ class Outbox:
             report.errors.append(f"{error} (retry in {format_duration(delay)})")
             log.warning("delivery to %s deferred: %s", msg.recipient, error)
 
-    def _failed(self, msg: Claimed, now: datetime, error: str, report: Report,
-                permanent: bool = True) -> None:
+    def _failed(self, msg: Claimed, now: datetime, error: str, report: Report, *,
+                dead_recipient: bool) -> None:
+        """Record a message that will not be sent; `dead_recipient`: send them nothing more.
+
+        A refused recipient (no such user) gets no more mail from this incident; a refused
+        message (too big, content policy), an unexpected error, or giving up after an outage
+        does not stop the next communication to them.
+        """
         with self.db.atomic():
             OutMessage.update(status="failed", claimed_until=None, attempts=msg.attempts + 1,
                               last_error=error).where(self._mine(msg)).execute()
             if msg.incident_id is not None:
-                # A 5xx (no such user) stops further mail to that address; giving up after
-                # an outage does not: the next communication tries them again.
-                Recipient.update(status="failed" if permanent else "active",
+                Recipient.update(status="failed" if dead_recipient else "active",
                                  last_error=error).where(
                     (Recipient.incident == msg.incident_id) & (Recipient.email == msg.recipient)
                 ).execute()
                 Entry.create(incident=msg.incident_id, at=now, kind="failure", author="mailflow",
                              text=f"{msg.kind} email to {msg.recipient} failed: {error}")
-                if self.on_failure is not None:
-                    self.on_failure(msg, error, now)
+                if msg.kind != "notice":  # a failed notice is not noticed again (no loops)
+                    schedule_failure_notice(msg.incident_id, msg.kind, msg.created_at, now)
         report.failed += 1
         report.errors.append(f"{msg.recipient}: {error}")
         log.error("delivery to %s failed permanently: %s", msg.recipient, error)
+
+
+def communication_key(kind: str, created_at: datetime) -> str:
+    """What names one communication (all the copies queued together) in the due table."""
+    return f"{kind}@{created_at.astimezone(timezone.utc).isoformat()}"
+
+
+def schedule_failure_notice(incident_id: int, kind: str, created_at: datetime,
+                            now: datetime) -> None:
+    """Ask the scheduler for one notice to the lead about this communication's failures.
+
+    Failures of the same communication share the job: a due job pending already takes the
+    new one along; one already done is revived for the failures it did not tell.
+    """
+    key = communication_key(kind, created_at)
+    Due.insert(incident=incident_id, kind="failures", key=key, due_at=now).on_conflict(
+        conflict_target=[Due.incident, Due.kind, Due.key],
+        update={Due.done_at: None, Due.outcome: "", Due.due_at: now},
+        where=Due.done_at.is_null(False),
+    ).execute()

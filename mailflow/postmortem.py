@@ -1,4 +1,4 @@
-"""The Markdown postmortem draft of a resolved incident, after the seeds/002 template.
+"""The Markdown postmortem draft of a resolved incident, following the usual postmortem template.
 
 mailflow fills what its timeline knows (times, people, updates, severity changes, earlier
 incidents of the service) and leaves `_TODO: ..._` prompts for what only people know.
@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from .errors import InvalidInput, TemplateError
-from .incidents import IMPACTS, SEVERITY_LABELS
+from .incidents import IMPACTS, SEVERITY_LABELS, field_changes, person_label
 from .models import Entry, Incident, OutMessage
 from .render import one_line
 
 if TYPE_CHECKING:
     from .app import Mailflow
+    from .contacts import Contacts
 
 TEMPLATE = "postmortem.md"
-WHYS = ("1st", "2nd", "3rd", "4th", "5th")  # seeds/001: five whys reach a root cause
+WHYS = ("1st", "2nd", "3rd", "4th", "5th")  # five whys reach a root cause
 # Free text sits in "- " list items; continuation lines indented to the item's content
 # column stay inside the item, so they cannot start a block (heading, fence) of the document.
 ITEM_INDENT = "  "
@@ -114,37 +115,46 @@ class View:
     scribe: str
 
 
-def _author(value: str) -> str:
-    return md_line(value) or "unknown"
+def _author(value: str, contacts: Contacts | None = None) -> str:
+    """A person by their name from contacts.yaml (else the address), Markdown-inert."""
+    return md_line(person_label(contacts, value, with_address=False)) or "unknown"
 
 
-def _line(entry: Entry) -> Line:
-    return Line(entry.at, entry.kind, _author(entry.author), md_text(entry.text))
+def _line(entry: Entry, contacts: Contacts | None = None) -> Line:
+    return Line(entry.at, entry.kind, _author(entry.author, contacts), md_text(entry.text))
 
 
-def context(incident: Incident, now: datetime) -> dict[str, Any]:
+def context(incident: Incident, now: datetime, contacts: Contacts | None = None
+            ) -> dict[str, Any]:
     """Everything `postmortem.md` can use, read from the incident and its timeline."""
+
+    def author(value: str | None) -> str:
+        return _author(value or "", contacts)
+
+    def line(entry: Entry) -> Line:
+        return _line(entry, contacts)
+
     entries = list(Entry.select().where(Entry.incident == incident).order_by(Entry.at, Entry.id))
 
     def first(kind: str) -> Entry | None:
         return next((e for e in entries if e.kind == kind), None)
 
-    def about(kind: str, field: str) -> list[Entry]:
-        # The data field tells a role change from a handover reminder (both kind "handover").
-        return [e for e in entries if e.kind == kind and (e.data or {}).get("field") == field]
-
-    severity_changes = [SeverityChange(e.at, md_line(e.data.get("old") or ""),
-                                       md_line(e.data.get("new") or ""), _author(e.author))
-                        for e in about("change", "severity")]
+    # One entry may carry several changes (one reply or CLI call = one entry).
+    severity_changes = [SeverityChange(e.at, md_line(c.get("old") or ""),
+                                       md_line(c.get("new") or ""), author(e.author))
+                        for e, c in field_changes(entries, "severity")]
     declared_severity = severity_changes[0].old if severity_changes else incident.severity
 
-    handovers = about("handover", "lead")
+    handovers = field_changes(entries, "lead")
     # The lead named at declaration is only in the first handover's "old" once it changed.
-    initial_lead = (handovers[0].data.get("old") if handovers else incident.lead) or ""
-    leads = [Lead(incident.declared_at, md_line(initial_lead))] if initial_lead else []
-    leads += [Lead(e.at, md_line(e.data.get("new") or "")) for e in handovers]
+    initial_lead = (handovers[0][1].get("old") if handovers else incident.lead) or ""
+    leads = [Lead(incident.declared_at, author(initial_lead))] if initial_lead else []
+    leads += [Lead(e.at, author(c.get("new"))) for e, c in handovers]
+    reopenings = [line(e) for e in entries if e.kind == "reopened"]
 
-    declared, resolved, closed = first("declared"), first("resolved"), first("closed")
+    declared, closed = first("declared"), first("closed")
+    # Reopened and resolved again: the last resolution is the end.
+    resolved = next((e for e in reversed(entries) if e.kind == "resolved"), None)
     first_email = first("email")
     first_sent = (OutMessage.select(OutMessage.sent_at)
                   .where((OutMessage.incident == incident) & OutMessage.sent_at.is_null(False))
@@ -161,9 +171,9 @@ def context(incident: Incident, now: datetime) -> dict[str, Any]:
         impact_label=IMPACTS.get(incident.impact, incident.impact),
         impacted=[md_line(a) for a in incident.impacted],
         declared_at=incident.declared_at,
-        declared_by=_author(declared.author) if declared else "unknown",
+        declared_by=author(declared.author) if declared else "unknown",
         resolved_at=incident.resolved_at,
-        resolved_by=_author(resolved.author) if resolved else "unknown",
+        resolved_by=author(resolved.author) if resolved else "unknown",
         closed_at=incident.closed_at if follow_up else None,
         closing_note=md_text(closed.text) if closed else "",
         duration=incident.resolved_at - incident.declared_at,
@@ -171,8 +181,8 @@ def context(incident: Incident, now: datetime) -> dict[str, Any]:
         grade="resolved with follow-up" if follow_up else "resolved",
         resolution=md_text(incident.resolution),
         follow_up=md_text(follow_up),
-        communicator=md_line(incident.communicator or ""),
-        scribe=md_line(incident.scribe or ""),
+        communicator=author(incident.communicator) if incident.communicator else "",
+        scribe=author(incident.scribe) if incident.scribe else "",
     )
     earlier = [
         Earlier(ref=e.ref, day=f"{e.declared_at:%Y-%m-%d}", severity=e.severity,
@@ -185,9 +195,10 @@ def context(incident: Incident, now: datetime) -> dict[str, Any]:
     return {
         "incident": view,
         "now": now,
-        "timeline": [_line(e) for e in entries],
-        "updates": [_line(e) for e in entries if e.kind == "update"],
-        "escalations": [_line(e) for e in entries if e.kind == "escalation"],
+        "timeline": [line(e) for e in entries],
+        "updates": [line(e) for e in entries if e.kind == "update"],
+        "escalations": [line(e) for e in entries if e.kind == "escalation"],
+        "reopenings": reopenings,
         "severity_changes": severity_changes,
         "leads": leads,
         "first_email_at": first_email.at if first_email else None,
@@ -198,11 +209,11 @@ def context(incident: Incident, now: datetime) -> dict[str, Any]:
 
 
 def draft(app: Mailflow, incident: Incident, now: datetime) -> str:
-    """The Markdown postmortem draft of a resolved incident (seeds/002 template)."""
+    """The Markdown postmortem draft of a resolved incident."""
     if incident.is_open or incident.resolved_at is None:
         raise InvalidInput(f"{incident.ref} is still open: resolve it first "
                            f"(`mailflow resolve {incident.ref} --steps ...`)")
-    ctx = context(incident, now)
+    ctx = context(incident, now, app.contacts)
     try:
         template = app.renderer.env.get_template(TEMPLATE)
         return template.render(ctx)

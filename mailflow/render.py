@@ -13,11 +13,10 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from email.headerregistry import Address
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +25,7 @@ import jinja2
 from jinja2 import meta
 from markupsafe import Markup, escape
 
+from .addresses import normalise as bare_address  # noqa: F401 (imported from here)
 from .clock import as_utc, format_duration
 from .errors import TemplateError
 
@@ -71,7 +71,13 @@ class Personal:
             zone = ZoneInfo(self.timezone)
         except (KeyError, ValueError):
             return ""
-        return f" ({as_utc(when).astimezone(zone):%H:%M} {self.timezone})"
+        local = as_utc(when).astimezone(zone)
+        # In the hour a DST change repeats, 02:30 happens twice: the offset says which.
+        other = local.replace(fold=1 - local.fold)
+        if other.utcoffset() != local.utcoffset():
+            offset = local.strftime("%z")
+            return f" ({local:%H:%M} UTC{offset[:3]}:{offset[3:]} {self.timezone})"
+        return f" ({local:%H:%M} {self.timezone})"
 
 
 class _Markers:
@@ -125,6 +131,21 @@ class _Markers:
         return re.compile(rf"%%MF{self.nonce}:(\w+)%%")
 
 
+def _duration(delta: timedelta | None) -> str:
+    """A duration for an email: never negative, even when the clock stepped back."""
+    return format_duration(max(delta or timedelta(0), timedelta(0)))
+
+
+# Bidi overrides and isolates (text that reads backwards: "txt.exe" as "exe.txt") and
+# zero-width characters (hidden words) are removed from posted text when it is rendered.
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def clean_text(text: str) -> str:
+    """Posted text without bidi overrides and zero-width characters."""
+    return _INVISIBLE.sub("", text)
+
+
 def _hm(value: datetime | None) -> str:
     return "" if value is None else f"{as_utc(value):%H:%M}"
 
@@ -176,7 +197,7 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
-        self.env.filters.update(hm=_hm, day=_day, utc=_utc, duration=format_duration)
+        self.env.filters.update(hm=_hm, day=_day, utc=_utc, duration=_duration, clean=clean_text)
         self._css_cache: dict[str, str] = {}
 
     def check(self) -> None:
@@ -366,15 +387,3 @@ def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends: 7-bit safe through any relay."""
     data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
     return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
-
-
-def bare_address(value: str) -> str:
-    """"Ana <ana@x.org>" -> "ana@x.org" (lowercased); "" if not an address."""
-    addr = parseaddr(value)[1].strip().lower()
-    if "@" not in addr:
-        return ""
-    try:
-        Address(addr_spec=addr)
-    except (ValueError, IndexError):
-        return ""
-    return addr

@@ -22,10 +22,10 @@ from html.parser import HTMLParser
 from itertools import islice
 
 import mailparser
-from mailparser_reply import EmailMessage
 
-from .clock import parse_duration
-from .errors import InvalidInput
+from . import quotes as _quotes
+from .addresses import normalise
+from .commands import Command, LookAlike, Refused, parse, parse_commands
 
 __all__ = [
     "Command",
@@ -35,14 +35,6 @@ __all__ = [
     "parse_commands",
     "parse_reply",
 ]
-
-
-@dataclass(frozen=True)
-class Command:
-    """One reply command: `severity: P2` -> Command("severity", "P2")."""
-
-    name: str
-    value: str
 
 
 @dataclass(frozen=True)
@@ -59,6 +51,9 @@ class Reply:
     is_bounce: bool
     bounced_recipients: tuple[str, ...]
     reason: str
+    own_text: str = ""  # what the sender wrote, command lines included
+    refused: tuple[Refused, ...] = ()  # command lines whose value cannot be used
+    lookalikes: tuple[LookAlike, ...] = ()  # lines that look like commands but are none
 
 
 # --- limits: every one keeps a hostile mail from costing more than a fraction of a second ---
@@ -69,7 +64,6 @@ MAX_PARTS = 1000  # parts visited when looking for the body
 MAX_TEXT_CHARS = 100_000  # body text searched for quotes; an update is never this long
 MAX_LIBRARY_HEADER_BYTES = 64 * 1024  # mail-parser decodes every header eagerly, in O(n^2)
 MAX_HTML_CHARS = 2_000_000
-_PROBE_CHARS = 160  # an attribution line is short; longer lines cannot be one (and cost regex time)
 _HEADER_CHARS = 2000
 
 # --- text hygiene ---
@@ -188,9 +182,6 @@ def _header(msg: Message | None, name: str) -> str:
     return values[0] if values else ""
 
 
-_ADDRESS = re.compile(
-    r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+@[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+$"
-)
 _ANGLE_ADDRESS = re.compile(r"<\s*([^<>\s@]{1,64}@[^<>\s@]{1,255})\s*>")
 _ADDRESS_LEFT = re.compile(r"[^<>\s\"',;:@()]{1,64}$")
 _ADDRESS_RIGHT = re.compile(r"[^<>\s\"',;:@()]{1,255}")
@@ -213,10 +204,7 @@ def _address_in_text(raw: str) -> tuple[str, int] | None:
 
 def _bare_address(value: str) -> str:
     """A lowercased bare address, or "" when `value` is not one."""
-    value = value.strip().strip("<>").strip().lower()
-    if value.startswith("mailto:"):
-        value = value[len("mailto:") :]
-    return value if _ADDRESS.match(value) and len(value) <= 320 else ""
+    return normalise(value)
 
 
 _QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -589,15 +577,19 @@ def _dsn_address(value: str) -> str:
     return _bare_address(value.split(";", 1)[-1])
 
 
-def _dsn_recipients(part: Message) -> list[str]:
-    """Failed recipients of one message/delivery-status part (per-recipient blocks)."""
+def _dsn_recipients(part: Message, reasons: list[str] | None = None) -> list[str]:
+    """Failed recipients of one message/delivery-status part (per-recipient blocks).
+
+    `reasons`, when given, receives each failure's Status and Diagnostic-Code (RFC 3464).
+    """
     blocks: list[dict[str, str]] = []
     payload = part.get_payload()
     if isinstance(payload, list):
         for block in payload:
             if isinstance(block, Message):
                 fields = {}
-                for name in ("final-recipient", "original-recipient", "action"):
+                for name in ("final-recipient", "original-recipient", "action", "status",
+                             "diagnostic-code"):
                     value = _header(block, name)
                     if value:
                         fields[name] = value
@@ -619,10 +611,17 @@ def _dsn_recipients(part: Message) -> list[str]:
             address = _dsn_address(fields.get(name, ""))
             if address:
                 found.append(address)
+        if reasons is not None:
+            status = fields.get("status", "").strip()
+            diagnostic = " ".join(fields.get("diagnostic-code", "").split())
+            said = "; ".join(x for x in (f"status {status}" if status else "", diagnostic) if x)
+            if said:
+                reasons.append(_one_line(said, 300))
     return found
 
 
-def _bounced_recipients(msg: Message | None) -> tuple[str, ...]:
+def _bounced_recipients(msg: Message | None,
+                        reasons: list[str] | None = None) -> tuple[str, ...]:
     """Failed recipients named by the DSN parts and X-Failed-Recipients, deduplicated."""
     found: list[str] = []
     if msg is not None:
@@ -633,7 +632,7 @@ def _bounced_recipients(msg: Message | None) -> tuple[str, ...]:
             visited += 1
             ctype = _content_type(part)
             if ctype == "message/delivery-status":
-                found.extend(_dsn_recipients(part))
+                found.extend(_dsn_recipients(part, reasons))
                 continue
             if ctype.startswith("message/") or ctype == "text/rfc822-headers":
                 continue  # the returned original names its own recipients, not the failed ones
@@ -781,296 +780,18 @@ def html_to_text(html_text: str) -> str:
 
 
 # --- quotes and signatures ---
-
-# The library's multi-language catalogue of reply headers ("On … wrote:", Outlook
-# From/Sent blocks, "-----Original Message-----"). Only languages whose from-block
-# keywords cannot be mistaken for an English update line (pl accepts one "Data:" line).
-_REPLY_LANGUAGES = ["en", "fr", "de", "es", "it", "nl"]
+# The rules live in mailflow.quotes (patterns as data in mailflow.reply_patterns); this
+# module keeps the names other code imports.
 
 
-def _library_header_regex() -> re.Pattern[str] | None:
-    # HEADER_REGEX is a property of the library's message class, not a documented function:
-    # if a release renames it, the own rules below still cover every client we test.
-    try:
-        pattern = EmailMessage(text="", languages=list(_REPLY_LANGUAGES)).HEADER_REGEX
-    except Exception:
-        return None
-    return pattern if isinstance(pattern, re.Pattern) else None
-
-
-_LIBRARY_HEADER = _library_header_regex()
-
-_LIBRARY_ATTRIBUTION_START = re.compile(r"^[>\s]*(?:On|Le|Am|El|Il|Op)\s", re.I)
-_ATTRIBUTION_WORDS = re.compile(r"wrote|écrit|schrieb|escribió|scritto|schreef", re.I)
-# Own attribution rules, bounded (no catastrophic backtracking), case-sensitive lead word.
-_ATTRIBUTION = re.compile(
-    r"^(?:On\s.{1,250}?\swrote\s?:"  # Gmail, Apple Mail, Thunderbird
-    r"|Le\s.{1,250}?\sa\s+écrit\s?:"  # French Gmail / Apple / Thunderbird
-    r"|Am\s.{1,250}?\sschrieb\s.{0,250}?:"  # German: Am 24.11.2026 um 10:00 schrieb Ana:
-    r"|.{1,250}?\sschrieb\s+am\s.{1,250}?:"  # German: Ana <ana@x> schrieb am 24.11.2026:
-    r"|El\s.{1,250}?\sescribió\s?:"
-    r"|Il\s.{1,250}?\sha\s+scritto\s?:"
-    r"|Op\s.{1,250}?\sschreef\s?:"
-    r"|.{0,250}?<[^<>\s]+@[^<>\s]+>.{0,100}?\s(?:wrote|a\s+écrit|schrieb)\s?:"  # Ana <a@x> wrote:
-    r")$"
-)
-# An attribution always names a date or an address; "On the replica, Bob wrote:" does not.
-_ATTRIBUTION_EVIDENCE = re.compile(r"[\d@]")
-_FROM_LINE = re.compile(r"^\*{0,2}(?:From|De|Von|Da|Van|Från|Fra)\s?\*{0,2}\s?:", re.I)
-_FROM_BLOCK_NEXT = re.compile(
-    r"^\*{0,2}(?:Sent|Date|To|Subject|Envoyé|À|A|Objet|Gesendet|An|Betreff|Datum|Enviado|"
-    r"Fecha|Para|Asunto|Inviato|Data|Oggetto|Verzonden|Aan|Onderwerp)\s?\*{0,2}\s?:",
-    re.I,
-)
-_SEPARATOR = re.compile(
-    r"^(?:_{20,}|-{3,}\s*(?:Original Message|Ursprüngliche Nachricht|Message d'origine|"
-    r"Mensaje original|Messaggio originale|Oorspronkelijk bericht)\s*-{3,})$",
-    re.I,
-)
-_SENT_FROM = re.compile(
-    r"^(?:Sent from my \S+(?:\s\S+){0,3}|Sent from (?:Outlook|Mail|Yahoo Mail|Proton Mail)\b.{0,60}"
-    r"|Get Outlook for \S+(?:\s\S+){0,2}|Envoyé de mon \S+(?:\s\S+){0,3}"
-    r"|Envoyé depuis \S+(?:\s\S+){0,4}|Télécharger Outlook pour \S+(?:\s\S+){0,2}"
-    r"|Von meinem \S+(?:\s\S+){0,3} gesendet|Gesendet von \S+(?:\s\S+){0,4}"
-    r"|Outlook für \S+(?:\s\S+){0,2} beziehen|Enviado desde mi \S+(?:\s\S+){0,3}"
-    r"|Inviato da \S+(?:\s\S+){0,3}|Verzonden vanaf mijn \S+(?:\s\S+){0,3})\.?$",
-    re.I,
-)
-
-_ATTRIBUTION_KIND, _HISTORY_KIND, _SIGNATURE_KIND = "attribution", "history", "signature"
-
-
-def _probe(line: str) -> str:
-    """A line as the header rules see it: trimmed, odd spaces normalised, length capped."""
-    probe = _SPACES.sub(" ", _INVISIBLE.sub("", line)).strip()
-    # A capped line ends in "…", so it can never end in "wrote:".
-    return probe if len(probe) <= _PROBE_CHARS else probe[:_PROBE_CHARS] + "…"
-
-
-def _is_attribution(probe: str) -> bool:
-    return bool(_ATTRIBUTION.match(probe)) and bool(_ATTRIBUTION_EVIDENCE.search(probe))
-
-
-def _library_kind(window: str) -> str | None:
-    """Ask mail-parser-reply whether `window` starts with a reply header, and which kind."""
-    m = _LIBRARY_HEADER.match(window) if _LIBRARY_HEADER is not None else None
-    if not m or not m.group(0).strip():
-        return None
-    found = m.group(0)
-    # "On/Le/Am/El/Il/Op … wrote:" alternatives vs. From/Sent blocks and separators.
-    if _LIBRARY_ATTRIBUTION_START.match(found) and _ATTRIBUTION_WORDS.search(found):
-        return _ATTRIBUTION_KIND if _ATTRIBUTION_EVIDENCE.search(found) else None
-    return _HISTORY_KIND
-
-
-class _Lines:
-    """The body split into lines, with the per-line facts the cut rules need."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.split("\n")
-        self.probes = [_probe(line) for line in self.lines]
-        self.quoted = [p.startswith(">") for p in self.probes]
-        self.count = len(self.lines)
-
-    def next_filled(self, start: int, within: int) -> int | None:
-        for j in range(start, min(self.count, start + within)):
-            if self.probes[j]:
-                return j
-        return None
-
-    def classify(self, i: int) -> tuple[str, int] | None:
-        """(kind, last line of the marker) when unquoted line i starts history/signature."""
-        probe = self.probes[i]
-        if not probe or self.quoted[i]:
-            return None
-        if probe in ("--", "-- ") or _SENT_FROM.match(probe):
-            return _SIGNATURE_KIND, i
-        if _SEPARATOR.match(probe):
-            return _HISTORY_KIND, i
-        if _FROM_LINE.match(probe):
-            j = self.next_filled(i + 1, 3)
-            if j is not None and _FROM_BLOCK_NEXT.match(self.probes[j].lstrip("> ")):
-                return _HISTORY_KIND, i
-        if _is_attribution(probe):
-            return _ATTRIBUTION_KIND, i
-        following = self.probes[i + 1] if i + 1 < self.count else ""
-        wrapped = following and not self.quoted[i + 1]
-        # Gmail wraps a long attribution over two lines ("… <ana@x>" / "wrote:").
-        if wrapped and not _is_attribution(following) and _is_attribution(f"{probe} {following}"):
-            return _ATTRIBUTION_KIND, i + 1
-        kind = _library_kind(probe)
-        if kind:
-            return kind, i
-        if wrapped and not _library_kind(following):
-            kind = _library_kind(f"{probe}\n{following}")
-            if kind:
-                return kind, i + 1
-        return None
-
-    def first_cut(self, start: int) -> tuple[int, str, int] | None:
-        for i in range(start, self.count):
-            found = self.classify(i)
-            if found:
-                return i, found[0], found[1]
-        return None
-
-    def unquoted(self, start: int, stop: int) -> list[str]:
-        return [self.lines[k] for k in range(start, stop) if not self.quoted[k]]
-
-
-def _tidy(lines: list[str]) -> str:
-    """Right-trim lines, collapse runs of blank lines (left by removed quotes), trim."""
-    out: list[str] = []
-    for line in lines:
-        line = line.rstrip()
-        if not _INVISIBLE.sub("", line).strip():  # a zero-width space alone is a blank line
-            line = ""
-            if out and out[-1] == "":
-                continue
-        out.append(line)
-    return "\n".join(out).strip("\n")
-
-
-def _extract(body: str) -> str:
-    text = _clean_text(str(body))[:MAX_TEXT_CHARS]
-    lines = _Lines(text)
-    cut = lines.first_cut(0)
-    own = _tidy(lines.unquoted(0, cut[0] if cut else lines.count))
-    if own or cut is None:
-        return own
-    _, kind, end = cut
-    # Nothing above the history: the sender may have answered below or between the quotes
-    # (Thunderbird's default). That only holds when the attribution introduces "> " lines.
-    if kind != _ATTRIBUTION_KIND:
-        return ""
-    j = lines.next_filled(end + 1, lines.count)
-    if j is None or not lines.quoted[j]:
-        return ""
-    after = lines.first_cut(end + 1)
-    return _tidy(lines.unquoted(end + 1, after[0] if after else lines.count))
-
-
-def extract_text(body: str) -> str:
+def extract_text(body: str, sender_name: str = "") -> str:
     """What the sender wrote in a plain-text body: quoted history and signature removed."""
-    try:
-        return _extract(body)
-    except Exception:  # a heuristic bug must not lose the reply: keep the unquoted lines
-        try:
-            text = _clean_text(str(body))
-            return _tidy([ln for ln in text.split("\n") if not ln.lstrip().startswith(">")])
-        except Exception:
-            return ""
+    return _quotes.extract_text(body, sender_name)
 
 
 # --- commands ---
-
-_COMMAND_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]{0,30}?)\s*:(.*)$")
-_IMPACTS = {
-    "degraded": "degraded",
-    "degradation": "degraded",
-    "outage": "outage",
-    "downtime": "outage",
-    "complete downtime": "outage",
-    "complete outage": "outage",
-    "full outage": "outage",
-}
-_CLOCK_TIME = re.compile(r"^([01]?\d|2[0-3])[:h]([0-5]\d)(?:\s*(?:utc|z))?$", re.I)
-
-
-_DURATION_PART = re.compile(
-    r"(\d+)\s*(weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])", re.I
-)
-
-
-def _compact_duration(value: str) -> str:
-    """Turn "1 hour 30 min" into "1h30m", the one spelling clock.parse_duration reads reliably."""
-    compact = _DURATION_PART.sub(lambda m: m.group(1) + m.group(2)[0].lower(), value.strip())
-    return re.sub(r"\s+", "", compact).lower()
-
-
-def _norm_words(value: str) -> str:
-    return re.sub(r"[\s_-]+", " ", value.strip().lower())
-
-
-def _person(value: str) -> str | None:
-    if value.strip().lower() == "me":
-        return "me"
-    m = re.fullmatch(r"(?:[^<>]*<)?\s*([^<>\s]+)\s*>?", value.strip())
-    return _bare_address(m.group(1)) or None if m else None
-
-
-def _command_values(name: str, value: str) -> list[str] | None:
-    """Normalised values for a command, or None when the value is not acceptable."""
-    if name == "severity":
-        m = re.fullmatch(r"p?\s*([0-3])", value.strip().lower())
-        return [f"P{m.group(1)}"] if m else None
-    if name == "impact":
-        impact = _IMPACTS.get(_norm_words(value))
-        return [impact] if impact else None
-    if name == "eta":
-        eta = _one_line(value, 200)
-        return [eta] if eta else None
-    if name == "next update":
-        value = _one_line(value, 50)
-        m = _CLOCK_TIME.match(value)
-        if m:
-            return [f"{int(m.group(1)):02d}:{m.group(2)}"]
-        duration = _compact_duration(value)
-        try:
-            parse_duration(duration, what="next update")
-        except InvalidInput:
-            return None
-        return [duration]
-    if name in ("lead", "communicator", "scribe"):
-        person = _person(value)
-        return [person] if person else None
-    if name == "impacted":
-        entries = [e.strip() for e in re.split(r"[,;]", value) if e.strip()]
-        out = []
-        for entry in entries:
-            m = re.fullmatch(r"\+?\s*(.+)", entry)
-            address = _bare_address(m.group(1)) if m else ""
-            if not address:
-                return None  # one bad entry: keep the whole line as text, nothing half-applied
-            out.append(f"+{address}")
-        return out or None
-    return None
-
-
-def _parse_command_line(line: str) -> list[Command] | None:
-    """The commands on one line, or None when the line is not a (valid) command."""
-    line = _INVISIBLE.sub("", line)  # a zero-width space must not hide a command
-    bare = _norm_words(line).rstrip(".!").strip()
-    if bare in ("send now", "resolved"):
-        return [Command(bare, "")]
-    m = _COMMAND_LINE.match(line.strip())
-    if not m:
-        return None
-    name = _norm_words(m.group(1))
-    values = _command_values(name, m.group(2))
-    return [Command(name, v) for v in values] if values else None
-
-
-def parse_commands(text: str) -> tuple[tuple[Command, ...], str]:
-    """Commands from the top of the text, one per line, and the text that remains."""
-    try:
-        lines = _clean_text(str(text)).split("\n")
-        commands: list[Command] = []
-        i = 0
-        while i < len(lines):
-            if not lines[i].strip():
-                i += 1
-                continue
-            found = _parse_command_line(lines[i])
-            if found is None:
-                break
-            commands.extend(found)
-            i += 1
-            if found[0].name == "resolved":
-                break  # the rest is the resolution steps, commands or not
-        return tuple(commands), _tidy(lines[i:])
-    except Exception:
-        return (), str(text)
+# The `key: value` lines at the top live in mailflow.commands (one parser for replies and
+# declarations); parse_commands and Command are imported from here too.
 
 
 # --- the whole reply ---
@@ -1100,19 +821,26 @@ def _parse_reply(raw: bytes, envelope_from: str | None) -> Reply:
     subject = _one_line(_decode_header_words(_header(msg, "subject")))
     message_id = _message_id(_header(msg, "message-id"))
     is_auto, is_bounce, reason = _classify(msg, envelope_from, sender)
-    bounced = _bounced_recipients(msg) if is_bounce else ()
-    commands, text = parse_commands(extract_text(body))
+    reasons: list[str] = []
+    bounced = _bounced_recipients(msg, reasons) if is_bounce else ()
+    if reasons:  # what the reporting MTA said: recorded against the recipient, shown by `show`
+        reason = " | ".join(dict.fromkeys(reasons))
+    own_text = extract_text(body, sender_name)
+    parsed = parse(own_text)
     return Reply(
         sender=sender,
         sender_name=sender_name,
         subject=subject,
         message_id=message_id,
-        text=text,
-        commands=commands,
+        text=parsed.text,
+        commands=parsed.commands,
         is_auto_reply=is_auto,
         is_bounce=is_bounce,
         bounced_recipients=bounced,
         reason=reason,
+        own_text=own_text,
+        refused=parsed.refused,
+        lookalikes=parsed.lookalikes,
     )
 
 
@@ -1137,4 +865,5 @@ def parse_reply(raw: bytes, envelope_from: str | None = None) -> Reply:
             is_bounce=False,
             bounced_recipients=(),
             reason="empty envelope sender (MAIL FROM:<>)" if empty_envelope else "",
+            own_text=text,
         )

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from . import alerts
+from . import alerts, posting
 from . import incidents as inc
 from .clock import format_duration, parse_duration
-from .errors import MailflowError
-from .models import Due, Incident
+from .errors import InvalidInput, MailflowError
+from .models import Due, Incident, OutMessage
 
 if TYPE_CHECKING:
     from .app import Mailflow
@@ -112,7 +112,14 @@ def _escalate(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
         if at <= threshold:
             lists = names
     reason = f"as escalation after {format_duration(threshold)} of {incident.ref}"
-    to = [inc.add_recipient(app, incident, a, reason, now) for a in app.contacts.expand(lists)]
+    to = []
+    for address in app.contacts.expand(lists):
+        try:
+            to.append(inc.add_recipient(app, incident, address, reason, now))
+        except InvalidInput as exc:
+            # One address delivery refuses must not hold back the others on the list (nor
+            # make the escalation fail and retry forever): skip it, and say so.
+            inc.log(incident, now, "warning", f"not escalated to {address}: {exc}", "mailflow")
     to += inc.lead_recipients(app, incident, now)
     to = list({r.id: r for r in to}.values())
     tags = svc.expertise if svc else ()
@@ -159,6 +166,43 @@ def _postmortem(app: Mailflow, incident: Incident, due: Due, now: datetime) -> b
     return True
 
 
+def _failures(app: Mailflow, incident: Incident, due: Due, now: datetime) -> bool:
+    """One notice to the lead per communication, listing every failure not yet told."""
+    kind, _, created = due.key.partition("@")
+    created_at = datetime.fromisoformat(created)
+    failed = list(OutMessage.select(OutMessage.id, OutMessage.recipient, OutMessage.last_error)
+                  .where((OutMessage.incident == incident) & (OutMessage.kind == kind)
+                         & (OutMessage.created_at == created_at)
+                         & (OutMessage.status == "failed") & OutMessage.failure_told_at.is_null())
+                  .order_by(OutMessage.id))
+    if not failed:
+        return False
+    OutMessage.update(failure_told_at=now).where(
+        OutMessage.id.in_([m.id for m in failed])).execute()
+    # The lead's own failures are not told to them (they would not arrive either).
+    failed = [m for m in failed if m.recipient != incident.lead]
+    if not incident.lead or not failed:
+        return False
+    lead = inc.add_recipient(app, incident, incident.lead, "as the incident lead", now)
+    n = len(failed)
+    listed = failed[:MAX_LISTED]
+    lines = [f"{m.recipient}: {m.last_error}" for m in listed]
+    if n > len(listed):
+        lines.append(f"… and {n - len(listed)} more (`mailflow show {incident.ref}`)")
+    inc.communicate(app, incident, "notice", now, to=[lead], marks_sent=False,
+                    title=f"The {kind} email of {incident.ref} did not reach "
+                          f"{n} recipient{'s' if n != 1 else ''}",
+                    paragraphs=[f"The {kind} email queued at {created_at:%H:%M} UTC failed for:",
+                                *lines,
+                                "Check the addresses in contacts.yaml or with the people; "
+                                f"`mailflow show {incident.ref}` lists every delivery."],
+                    action="Check the failed addresses")
+    return True
+
+
+MAX_LISTED = 50  # failures named one by one in a notice; the rest are counted
+
+
 HANDLERS: dict[str, Callable[[Mailflow, Incident, Due, datetime], bool]] = {
     "reminder": _reminder,
     "mark": _mark,
@@ -166,6 +210,8 @@ HANDLERS: dict[str, Callable[[Mailflow, Incident, Due, datetime], bool]] = {
     "handover": _handover,
     "postmortem": _postmortem,
     **alerts.DUE_HANDLERS,  # reminding the on-call person of an undeclared draft
+    **posting.DUE_HANDLERS,  # the hourly digest of refused strangers for the lead
+    "failures": _failures,
 }
 
 

@@ -23,7 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
 # A small directory for tests and benchmarks: two time zones, three expertise tags, the
-# three lists seeds/000 escalates to, one service.
+# three lists an incident escalates to, one service.
 CONTACTS = """\
 # Test directory: a comment that edits must keep.
 people:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +39,25 @@ def app(project: Path) -> Iterator[Mailflow]:
     application = Mailflow(load_config(project / "mailflow.toml"))
     yield application
     application.close()
+
+
+@pytest.fixture
+def inbound(app: Mailflow) -> Iterator[Any]:
+    """mailflow's inbound handler on a free loopback port, 64 KiB DATA limit, clock at NOW."""
+    from .helpers import Inbound  # helpers imports this module: imported late
+
+    server = Inbound(app)
+    server.server.start()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[object]:
+    """A real Dovecot IMAP server on a free loopback port, its config in a temp dir."""
+    from .dovecot import Dovecot
+
+    server = Dovecot()
+    server.start()
+    yield server
+    server.close()

@@ -26,7 +26,7 @@ from mailflow.contacts import (
 )
 from mailflow.errors import ContactsError, NotFound
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "contacts.yaml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "templates" / "contacts.yaml"
 
 # Comments, blank lines, odd spacing, quotes, block and flow lists: everything an edit
 # must leave alone.
@@ -96,8 +96,8 @@ def test_example_file_loads_and_is_usable() -> None:
     learn = contacts.service("learn")
     assert learn.title == "ISC Learn Platform"
     assert {"stakeholders", "management", "upper-management"} <= set(contacts.lists)
-    assert contacts.escalation_lists("learn", timedelta(hours=4)) == ("management",)
-    assert contacts.escalation_lists("learn", timedelta(days=1)) == ("upper-management",)
+    assert dict(learn.escalate) == {timedelta(hours=4): ("management",),
+                                    timedelta(days=1): ("upper-management",)}
     assert contacts.expand(learn.notify)
     assert contacts.experts(learn.expertise)
     assert "api" in contacts.services
@@ -466,14 +466,11 @@ def test_experts_most_matches_first_then_name(tmp_path: Path) -> None:
 def test_service_and_escalation_lists(contacts: Contacts) -> None:
     assert contacts.service("learn").notify == ("stakeholders",)
     assert contacts.service("Learn").key == "learn"
-    assert contacts.escalation_lists("learn", timedelta(hours=4)) == ("management",)
-    assert contacts.escalation_lists("learn", timedelta(hours=24)) == ("upper-management",)
-    assert contacts.escalation_lists("learn", timedelta(hours=2)) == ()
-    assert contacts.escalation_lists("api", timedelta(hours=4)) == ()
+    assert dict(contacts.service("learn").escalate) == {
+        timedelta(hours=4): ("management",), timedelta(hours=24): ("upper-management",)}
+    assert contacts.service("api").escalate == ()
     with pytest.raises(NotFound, match="known services: learn, api"):
         contacts.service("wiki")
-    with pytest.raises(NotFound):
-        contacts.escalation_lists("wiki", timedelta(hours=4))
 
 
 def test_empty_contacts() -> None:

@@ -128,7 +128,7 @@ def test_add_then_list_shows_the_person(folder: Path) -> None:
     assert data["people"][-1] == {"name": "Gus Berg", "email": "gus@example.org",
                                   "expertise": ["postgres", "dns"], "timezone": "Europe/Zurich",
                                   "lists": ["stakeholders", "management"]}
-    assert run(folder, "check").stdout == "ok: 6 people, 3 lists, 1 services\n"
+    assert run(folder, "check").stdout == "ok: 6 people, 3 lists, 1 service\n"
 
 
 def test_add_keeps_the_rest_of_the_file_byte_for_byte(folder: Path) -> None:
@@ -188,7 +188,7 @@ def test_refused_add_fails_with_one_line_and_leaves_the_file(folder: Path, args:
 
 def test_check_ok_and_broken(folder: Path) -> None:
     result = run(folder, "check")
-    assert result.exit_code == 0 and result.stdout == "ok: 5 people, 3 lists, 1 services\n"
+    assert result.exit_code == 0 and result.stdout == "ok: 5 people, 3 lists, 1 service\n"
     (folder / "contacts.yaml").write_text(
         "people:\n  - {name: Ana, email: ana@example.org}\n  - {name: Bob}\n"
         "lists:\n  stakeholders: [nobody]\n"

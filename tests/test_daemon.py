@@ -9,7 +9,6 @@ import smtplib
 import socket
 import subprocess
 import sys
-import threading
 import time
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -18,55 +17,7 @@ from pathlib import Path
 from mailflow.testing import Sink
 
 from .conftest import T0, write_config
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Process:
-    """A `mailflow serve` subprocess whose stderr is collected line by line."""
-
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailflow.cli", "--config", str(folder / "mailflow.toml"),
-             "serve", "--port", "0", "--tick", "0.2"],
-            env={**os.environ, **env}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        wait_for(lambda: self.port is not None, what="the daemon to listen")
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def port(self) -> int | None:
-        for line in self.lines:
-            m = re.search(r"listening for replies on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                return int(m.group(1))
-        return None
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(15)
-        self.reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-    def logged(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
+from .helpers import Process, wait_for
 
 
 def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org") -> int:
@@ -102,9 +53,12 @@ def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
         reply_to = sink.received[0].message["Reply-To"]
 
         send_reply(daemon.port or 0, reply_to, "send now\n\nIndex rebuilt, app servers back")
-        wait_for(lambda: len(sink.received) == 4, what="the update sent at once")
-        update = sink.received[-1].message
-        assert update["X-Mailflow-Kind"] == "update"
+        # Two updates, and a receipt to the sender of the command.
+        wait_for(lambda: len(sink.received) == 5, what="the update sent at once")
+        kinds = {r.message["X-Mailflow-Kind"]: r.message for r in sink.received[2:]}
+        assert sorted(r.message["X-Mailflow-Kind"] for r in sink.received[2:]) == [
+            "receipt", "update", "update"]
+        update = kinds["update"]
         assert "Index rebuilt, app servers back" in update.get_body(("plain",)).get_content()
 
         # An edited contacts file is picked up without a signal: a new person may post.
@@ -130,3 +84,31 @@ def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
     finally:
         daemon.close()
         notify.close()
+
+
+def test_1100_idle_connections_keep_the_log_calm(tmp_path: Path, sink: Sink) -> None:
+    write_config(tmp_path, sink.port)
+    daemon = Process(tmp_path, {"MAILFLOW_NOW": T0.isoformat()}, open_files=1024)
+    clients = []
+    try:
+        port = daemon.port or 0
+        for _ in range(1100):  # non-blocking: the test never waits on a full backlog
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            clients.append(client)
+        wait_for(lambda: daemon.logged("max_connections (100)"), what="the refusal line")
+        for client in clients:
+            client.close()
+
+        def served() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                return sock.makefile("rb").readline().startswith(b"220")
+        wait_for(served, what="the slots to be given back")
+        assert send_reply(port, "incidents@example.org", "hello", sender="zoe@example.org") == 550
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(15) == 0
+    finally:
+        daemon.close()
+    assert not any("Traceback" in line for line in daemon.lines), daemon.lines[:20]
+    assert len(daemon.lines) < 20, daemon.lines

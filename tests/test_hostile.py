@@ -33,7 +33,8 @@ from mailflow.replies import MAX_PARTS, html_to_text, parse_reply
 from mailflow.testing import Received, Sink
 
 from .conftest import T0
-from .test_inbound import NOW, Inbound, posted, reply, reply_to
+from .helpers import NOW, Inbound
+from .test_inbound import posted, reply, reply_to
 from .test_lifecycle import declare, html_of, text_of
 from .test_replies import assert_clean
 
@@ -102,15 +103,6 @@ def assert_no_injected_headers(received: list[Received], allowed: set[str]) -> N
             if "victim" in value.lower():
                 assert name == "Subject", (name, value)
         assert len(msg.get_all("To") or []) == 1 and len(msg.get_all("Subject") or []) == 1
-
-
-@pytest.fixture(name="inbound")
-def inbound_server(app: Mailflow) -> Iterator[Inbound]:
-    """mailflow's InboundHandler on loopback, 64 KiB DATA limit (as in test_inbound)."""
-    server = Inbound(app)
-    server.server.start()
-    yield server
-    server.server.stop()
 
 
 @pytest.fixture(name="incident")
@@ -853,7 +845,9 @@ def _norm(text: str) -> str:
 
 
 def _quoted_body(quoted: list[str]) -> str:
-    return "".join(f"> {q}\n" for q in "\n".join(quoted).split("\n"))
+    # Every line a mail client would show gets its "> " (a lone CR breaks a line too):
+    # unquoted text below a quote is a bottom-posted answer, and is kept.
+    return "".join(f"> {q}\n" for q in re.split(r"\r\n|\r|\n", "\n".join(quoted)))
 
 
 def _message(own: str, quoted: list[str], headers: list[tuple[str, str]], name: str,

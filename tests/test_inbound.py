@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import smtplib
-from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
-from email.policy import SMTP
 
 import pytest
 
 from mailflow import incidents as inc
 from mailflow import tokens
 from mailflow.app import Mailflow
-from mailflow.inbound import InboundHandler
 from mailflow.models import Entry, Incident, InMessage, OutMessage, Recipient
 from mailflow.testing import Sink
 
 from .conftest import T0
+from .helpers import NOW
 from .test_lifecycle import ORANGE, by_rcpt, declare, highlighted, html_of
-
-NOW = T0 + timedelta(minutes=20)
-
-
-class Inbound:
-    """mailflow's handler served on a free loopback port, with a fixed clock."""
-
-    def __init__(self, app: Mailflow, max_size: int = 64 * 1024) -> None:
-        self.now = NOW
-        self.handler = InboundHandler(app, now=lambda: self.now)
-        self.server = Sink(handler=self.handler, data_size_limit=max_size)
-
-    def send(self, msg: EmailMessage | bytes, to: str, mail_from: str = "bob@example.org"
-             ) -> tuple[int, bytes]:
-        """Send over SMTP; returns the DATA answer (or the refusal)."""
-        with smtplib.SMTP("127.0.0.1", self.server.port, timeout=10) as smtp:
-            smtp.ehlo()
-            code, answer = smtp.mail(mail_from)
-            assert code == 250
-            code, answer = smtp.rcpt(to)
-            if code != 250:
-                smtp.rset()
-                return code, answer
-            data = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP)
-            try:
-                code, answer = smtp.data(data)
-            except smtplib.SMTPDataError as exc:
-                return exc.smtp_code, exc.smtp_error
-            return code, answer
-
-
-@pytest.fixture
-def inbound(app: Mailflow) -> Iterator[Inbound]:
-    server = Inbound(app)
-    server.server.start()
-    yield server
-    server.server.stop()
-
 
 @pytest.fixture
 def incident(app: Mailflow, sink: Sink) -> Incident:
@@ -105,12 +64,14 @@ def test_commands_change_state_and_send_now(app, sink, incident, inbound) -> Non
     assert code == 250
     fresh = Incident.get_by_id(incident.id)
     assert fresh.severity == "P2"
-    assert [e.text for e in posted(incident)] == ["DB restored on the replica"]
-    assert [e.text for e in posted(incident, "command")] == ["severity: P2", "next update: 30m",
-                                                            "send now"]
-    assert all(e.author == "bob@example.org" for e in posted(incident, "command"))
-    # `send now` sent the update immediately and restarted the P2 cadence from now.
-    assert fresh.next_comm_at == NOW + app.config.cadence.update_every["P2"]
+    # One reply, one entry: the text first, the changes in one compact line below it.
+    [entry] = posted(incident)
+    assert entry.text == ("DB restored on the replica\n\nSeverity: P1 → P2 · Next "
+                          "communication: 2026-11-24 10:50 UTC (05:50 America/New_York)")
+    assert entry.author == "bob@example.org"
+    assert posted(incident, "change") == []
+    # `send now` sent the update immediately; the next mark is the one the sender gave.
+    assert fresh.next_comm_at == NOW + timedelta(minutes=30)
     sink.clear()
     app.deliver_now(NOW)
     html = html_of(by_rcpt(sink)["ops-team@example.org"][0])
@@ -303,5 +264,6 @@ def test_role_and_impacted_commands(app, sink, incident, inbound) -> None:  # no
     assert "dean@example.org" in fresh.impacted
     assert Recipient.get(Recipient.email == "dean@example.org").reason.startswith(
         "because you are impacted")
-    assert [e.text for e in posted(incident, "handover")] == [
-        "Lead: ana@example.org → bob@example.org"]
+    # One reply, one entry: the text, then both changes on one line.
+    assert [e.text for e in posted(incident)] == [
+        "Taking over\n\nLead: ana@example.org → bob@example.org · Impacted: + dean@example.org"]

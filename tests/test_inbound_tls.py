@@ -13,7 +13,7 @@ import pytest
 from mailflow.testing import Sink
 
 from .conftest import T0, write_config
-from .test_daemon import Process
+from .helpers import Process
 
 
 @pytest.fixture

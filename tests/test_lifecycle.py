@@ -122,7 +122,8 @@ def test_update_highlights_only_what_is_new_and_threads(app: Mailflow, sink: Sin
     assert msg["References"] == starts["ops-team@example.org"]
     new = highlighted(html_of(msg), ORANGE)
     assert len(new) == 1 and "Index on sessions table is corrupt" in new[0]
-    assert "[NEW] 10:20 UTC, ana@example.org:" in text_of(msg)
+    assert "[NEW] 10:20 UTC, Ana Lima:" in text_of(msg), "people by their name"
+    assert "Incident lead: Ana Lima <ana@example.org>" in text_of(msg)
     assert "Next communication at 11:20 UTC" in text_of(msg)
     sink.clear()
 

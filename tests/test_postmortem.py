@@ -106,14 +106,14 @@ def test_summary_impact_detection_recovery(app: Mailflow) -> None:
     impact = section(text, "Impact")
     assert "Who is impacted" not in impact and "student-council@example.org" in impact
     assert "- 10:00 UTC (2026-11-24): declared as P1" in impact
-    assert "- 10:35 UTC (2026-11-24): P1 → P2 (by ana@example.org)" in impact, \
+    assert "- 10:35 UTC (2026-11-24): P1 → P2 (by Ana Lima)" in impact, \
         "the severity change is shown with its time"
     detection = section(text, "Detection")
-    assert "Declared: 2026-11-24 10:00 UTC by ana@example.org" in detection
+    assert "Declared: 2026-11-24 10:00 UTC by Ana Lima" in detection
     assert "start email was queued at 2026-11-24 10:00 UTC, 0 min after" in detection
     assert "handed to the mail relay: 2026-11-24 10:02 UTC, 2 min after" in detection
     recovery = section(text, "Recovery")
-    assert "Resolved: 2026-11-24 14:30 UTC by bob@example.org (resolved)" in recovery
+    assert "Resolved: 2026-11-24 14:30 UTC by Bob Stone (resolved)" in recovery
     assert "Resolution steps: Rebuilt the index; restarted the app servers" in recovery
     assert "Follow-up" not in recovery
 
@@ -127,7 +127,9 @@ def test_timeline_has_every_entry_in_order_in_utc(app: Mailflow) -> None:
     timeline = section(postmortem.draft(app, incident, T0 + timedelta(days=1)), "Timeline")
     # The first line of each text, as escaped in the draft (a leading "#" gets a backslash).
     firsts = [re.sub(r"^#", r"\\#", e.text.splitlines()[0].replace("<", "&lt;")) for e in entries]
-    expected = [f"- {e.at:%H:%M} UTC ({e.at:%Y-%m-%d}) — {e.kind} — {e.author or 'unknown'}: "
+    names = {"ana@example.org": "Ana Lima", "bob@example.org": "Bob Stone"}  # contacts.yaml
+    expected = [f"- {e.at:%H:%M} UTC ({e.at:%Y-%m-%d}) — {e.kind} — "
+                f"{names.get(e.author, e.author) or 'unknown'}: "
                 f"{first}" for e, first in zip(entries, firsts)]
     found = positions(timeline, expected)
     assert -1 not in found, [x for x, at in zip(expected, found) if at < 0]
@@ -139,16 +141,16 @@ def test_timeline_has_every_entry_in_order_in_utc(app: Mailflow) -> None:
 def test_response_lists_updates_leads_and_escalations_in_order(app: Mailflow) -> None:
     incident = scripted(app)
     response = section(postmortem.draft(app, incident, T0 + timedelta(days=1)), "Response")
-    updates = ["- 10:20 UTC (2026-11-24) — ana@example.org: Index on sessions table is corrupt",
-               "- 10:40 UTC (2026-11-24) — ana@example.org: Rebuild at 60 %",
-               "- 10:55 UTC (2026-11-24) — bob@example.org: \\# Heading"]
+    updates = ["- 10:20 UTC (2026-11-24) — Ana Lima: Index on sessions table is corrupt",
+               "- 10:40 UTC (2026-11-24) — Ana Lima: Rebuild at 60 %",
+               "- 10:55 UTC (2026-11-24) — Bob Stone: \\# Heading"]
     found = positions(response, updates)
     assert -1 not in found and found == sorted(found)
-    leads = ["- from 10:00 UTC (2026-11-24): ana@example.org",
-             "- from 10:50 UTC (2026-11-24): bob@example.org"]
+    leads = ["- from 10:00 UTC (2026-11-24): Ana Lima",
+             "- from 10:50 UTC (2026-11-24): Bob Stone"]
     found = positions(response, leads)
     assert -1 not in found and found == sorted(found)
-    assert "Scribe: chloe@example.org" in response
+    assert "Scribe: Chloe Martin" in response
     assert "Communicator: none assigned" in response
     assert re.search(r"- 14:00 UTC \(2026-11-24\): escalated after 4 h to management", response)
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mailflow.commands import DECLARATION_FIELDS, impact_of, parse, severity_of
 from mailflow.replies import (
     Command,
     Reply,
@@ -116,10 +117,10 @@ def test_outlook_german() -> None:
     assert_clean(reply)
     assert reply.sender == "jonas.becker@example.de"
     assert reply.subject == "AW: [INC-42] P1 checkout-api: complete downtime"
-    # A closing greeting is not a signature delimiter: it is kept, nothing is guessed away.
+    # A sign-off plus the name closing the reply is the signature ("Viele Grüße / Jonas").
     assert reply.text == (
         "Der Failover auf das Rechenzentrum Frankfurt ist abgeschlossen.\n"
-        "Die Fehlerrate liegt wieder unter 0,1 %.\n\nViele Grüße\nJonas"
+        "Die Fehlerrate liegt wieder unter 0,1 %."
     )
     # Word HTML has no divRplyFwdMsg: the Von/Gesendet block is cut as text.
     assert extract_text(html_to_text(html_part("outlook_de.eml"))) == reply.text
@@ -202,7 +203,9 @@ def test_dsn_bounce() -> None:
     reply = parse_reply(load("dsn_bounce.eml"), envelope_from="")
     assert_clean(reply)
     assert reply.is_bounce and not reply.is_auto_reply
-    assert reply.reason == "Content-Type: multipart/report; report-type=delivery-status"
+    # The DSN's own Status and Diagnostic-Code: recorded against the recipient, shown by `show`.
+    assert reply.reason == ("status 5.1.1; smtp; 550 5.1.1 <gone@example.org>: Recipient "
+                            "address rejected: User unknown")
     # Final-Recipient and Original-Recipient name the same mailbox; the returned original's
     # own To: is not read.
     assert reply.bounced_recipients == ("gone@example.org",)
@@ -405,7 +408,9 @@ def test_commands_at_the_top_with_blank_lines_between() -> None:
         ("next update: 1h30m", Command("next update", "1h30m")),
         ("next update: 45 min", Command("next update", "45m")),
         ("next update: 1 hour 30 minutes", Command("next update", "1h30m")),
-        ("next update: 9:05 UTC", Command("next update", "09:05")),
+        ("next update: 9:05 UTC", Command("next update", "09:05 UTC")),
+        ("next update: 9:05", Command("next update", "09:05")),
+        ("severity: high", Command("severity", "P1")),
         ("severity: 3", Command("severity", "P3")),
         ("Resolved.", Command("resolved", "")),
         ("SEND NOW", Command("send now", "")),
@@ -416,21 +421,60 @@ def test_command_values(line: str, command: Command) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "why"),
     [
-        "severity: P9\nDB is back",
-        "impact: somewhat bad\nDB is back",
-        "next update: soon\nDB is back",
-        "next update: 25:00\nDB is back",
-        "lead: bob\nDB is back",
-        "impacted: +carol@example.org, not-an-address\nDB is back",
-        "foo: bar\nDB is back",
-        "eta:\nDB is back",
-        "send now please\nDB is back",
+        ("severity: P9\nDB is back", "is not a severity"),
+        ("impact: somewhat bad\nDB is back", "is not an impact"),
+        ("next update: soon\nDB is back", "is not a duration"),
+        ("next update: 25:00\nDB is back", "is not a time of day"),
+        ("next update: 3000000d\nDB is back", "is too far ahead"),
+        ("lead: bob\nDB is back", "has no @"),
+        ("scribe: bob@example.org.\nDB is back", "is not a domain name"),
+        ("impacted: +carol@example.org, a..b@example.org\nDB is back", "follow another dot"),
+        ("eta:\nDB is back", "needs a value"),
     ],
 )
-def test_invalid_or_unknown_commands_stay_in_the_text(text: str) -> None:
+def test_a_command_with_a_bad_value_is_refused_on_its_own_line(text: str, why: str) -> None:
+    parsed = parse(text)
+    assert parsed.commands == () and parsed.text == "DB is back"
+    [refused] = parsed.refused
+    assert refused.line == text.split("\n")[0] and why in refused.reason
+
+
+@pytest.mark.parametrize("text", ["foo: bar\nDB is back", "send now please\nDB is back",
+                                  "Update: the index is back\nok", "Lead engineer says hi",
+                                  "ETA unknown so far", "Impact is small", "Severities: all"])
+def test_unknown_keys_and_sentences_stay_in_the_text(text: str) -> None:
     assert parse_commands(text) == ((), text)
+    assert parse(text).lookalikes == () and parse(text).refused == ()
+
+
+def test_one_bad_line_does_not_turn_the_lines_below_into_text() -> None:
+    parsed = parse("next update: 25:00\nseverity: P2\nsend now\n\nDB restored")
+    assert parsed.commands == (Command("severity", "P2"), Command("send now", ""))
+    assert [r.line for r in parsed.refused] == ["next update: 25:00"]
+    assert parsed.text == "DB restored"
+
+
+@pytest.mark.parametrize(("line", "closest"), [
+    ("severty: P3", "severity"), ("sevrity P2", "severity"), ("severity P2", "severity"),
+    ("Next Updte: 30m", "next update"), ("nextupdate: 30m", "next update"),
+    ("resolvd", "resolved"), ("sned now", "send now"), ("impcat: outage", "impact"),
+    ("resolved: yes", "resolved"),
+])
+def test_look_alike_commands_name_the_closest_one(line: str, closest: str) -> None:
+    parsed = parse(f"{line}\nDB is back")
+    assert parsed.commands == ()
+    assert [(la.line, la.suggestion) for la in parsed.lookalikes] == [(line, closest)]
+
+
+def test_declarations_and_replies_share_the_parser_and_the_spellings() -> None:
+    parsed = parse("service: learn\nseverity: high\nimpact: full outage\nnext steps: a, b\n"
+                   "Learn is down", DECLARATION_FIELDS)
+    assert parsed.commands == (Command("service", "learn"), Command("severity", "P1"),
+                               Command("impact", "outage"), Command("next steps", "a, b"))
+    assert parsed.text == "Learn is down"
+    assert severity_of("p 2") == "P2" and impact_of("Complete Downtime") == "outage"
 
 
 def test_invisible_characters_do_not_hide_commands() -> None:
@@ -632,7 +676,9 @@ def _words(text: str) -> set[str]:
 @_FAST
 @given(_OWN_WORDS, st.text(max_size=300))
 def test_quoted_words_never_leak(own: str, quoted: str) -> None:
-    body = own + _ATTRIBUTION + quoted
+    # Every quoted line carries its "> ": unquoted text below a quote is a bottom-posted
+    # answer, and is kept.
+    body = own + _ATTRIBUTION + "\n> ".join(quoted.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     only_quoted = _words(quoted) - _words(own)
     assert not _words(extract_text(body)) & only_quoted
     raw = (

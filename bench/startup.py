@@ -1,0 +1,73 @@
+"""CLI start-up benchmark: how long `mailflow list` and `show` take, against a bare import.
+
+    python bench/startup.py [--repeat 9]
+
+A fresh temp project (`mailflow init`, one incident declared into the Maildir) is made
+first, untimed. Then, alternating so that machine noise hits all alike, each command is run
+--repeat times as a new process and timed from spawn to exit:
+
+* baseline: `python -c "import click, peewee"`: the two libraries every command needs;
+* `mailflow list` and `mailflow show INC-1` (read-only commands people run all day).
+
+Printed: min/median/max seconds per command and the ratio of the medians to the
+baseline's. The target is a ratio of at most 2: a read-only command should not pay for
+Jinja2, premailer, asyncio, aiosmtplib or ruamel, which only sending and editing need.
+Not a test: run by hand from the repository root with the project's virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MAILFLOW = str(Path(sys.executable).with_name("mailflow"))
+
+
+def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    env = {**os.environ, "MAILFLOW_NOW": "2026-11-24T10:00:00Z"}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        subprocess.run([MAILFLOW, "init"], cwd=folder, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([MAILFLOW, "declare", "--service", "learn", "--severity", "P1",
+                        "--impact", "outage", "--summary", "Learn returns 502",
+                        "--lead", "ana@example.org"], cwd=folder, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        commands = {
+            "baseline": [sys.executable, "-c", "import click, peewee"],
+            "list": [MAILFLOW, "list"],
+            "show": [MAILFLOW, "show", "INC-1"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.repeat):
+            for name, argv in commands.items():
+                times[name].append(timed(argv, folder, env))
+    base = statistics.median(times["baseline"])
+    worst = 0.0
+    for name, values in times.items():
+        med = statistics.median(values)
+        ratio = med / base
+        worst = max(worst, ratio if name != "baseline" else 0.0)
+        print(f"{name:9} min {min(values) * 1000:6.1f} ms  median {med * 1000:6.1f} ms  "
+              f"max {max(values) * 1000:6.1f} ms  ratio {ratio:4.2f}")
+    print(f"worst ratio command/baseline: {worst:.2f} (target <= 2.0)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
