@@ -272,7 +272,7 @@ _FIELD = re.compile(r"^\s*(severity|impact|summary)\s*:\s*(.*?)\s*$", re.I)
 def parse_decision(text: str) -> tuple[str, dict[str, str]]:
     """`declare` / `dismiss` on the first line, then optional `severity:`/`impact:`/`summary:`."""
     lines = [line for line in text.split("\n")]
-    verb, fields = "", {}
+    verb, fields = "", dict[str, str]()
     for i, line in enumerate(lines):
         if not line.strip():
             continue

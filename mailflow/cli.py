@@ -359,7 +359,7 @@ def update(state: State, ref: str, text: str, severity: str | None, impact: str 
         if send:
             preparing("update")
         msgs = inc.send_update(app, incident, now) if send else []
-        if send and next_update:  # the time given wins over the cadence
+        if send and next_update and action.next_comm_at:  # the time given wins over the cadence
             inc.schedule_mark(app, incident, action.next_comm_at, now)
     if send:
         click.echo(f"next communication at {incident.next_comm_at:%H:%M} UTC")
@@ -510,7 +510,7 @@ def show_lines(data: dict[str, Any], today: date) -> list[str]:
     lines.append("timeline (UTC):")
     times = [when(e["at"], today) for e in data["timeline"]]
     width = max(map(len, times), default=5)
-    for e, at in zip(data["timeline"], times):
+    for e, at in zip(data["timeline"], times, strict=False):
         who = f" [{e['author']}]" if e["author"] else ""
         head = f"  {at:>{width}} {e['kind']:<10}{who} "
         first, *rest = (e["text"] or "").splitlines() or [""]
@@ -742,4 +742,4 @@ def quit_quietly() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

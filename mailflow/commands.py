@@ -203,7 +203,8 @@ def _closest(word: str, names: tuple[str, ...]) -> str | None:
     return found[0] if found else None
 
 
-def _read_line(line: str, names: tuple[str, ...]) -> Command | list[Command] | Refused | LookAlike | None:
+def _read_line(line: str, names: tuple[str, ...]
+               ) -> Command | list[Command] | Refused | LookAlike | None:
     """What one line at the top is; None: it is text (and so is everything below)."""
     bare = _words(_INVISIBLE.sub("", line)).rstrip(".!").strip()
     if bare in names and bare in BARE:

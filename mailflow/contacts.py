@@ -709,7 +709,8 @@ class ContactsFile:
                 as_who = f" as {who[1].value}" if who and isinstance(who[1], ScalarNode) else ""
                 raise ContactsError(
                     f"{where}:{_line(other[1])}: {email} is already in the contacts{as_who}; "
-                    f"remove it first (`mailflow contacts remove {shlex.quote(email)}`) or edit the file"
+                    f"remove it first (`mailflow contacts remove {shlex.quote(email)}`) "
+                    "or edit the file"
                 )
 
         list_entries = _entries(sections["lists"][1]) if "lists" in sections else {}

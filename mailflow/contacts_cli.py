@@ -181,7 +181,7 @@ def show(ctx: click.Context, email: str, as_json: bool) -> None:
     if person is None and not lists:
         raise NotFound(f"{_address(email)} is not in {path}: no person has that email and no "
                        "list contains it; `mailflow contacts list` shows who is")
-    services = []
+    services: list[dict[str, Any]] = []
     for key, service in book.services.items():
         notify = [name for name in service.notify if name in lists]
         escalate = {_threshold(at): [n for n in names if n in lists]

@@ -90,7 +90,7 @@ def locked(app: Mailflow, incident: Incident) -> Iterator[Incident]:
     with app.db.atomic("IMMEDIATE"):
         fresh = Incident.get_by_id(incident.id)
         incident.__data__.update(fresh.__data__)
-        incident._dirty.clear()
+        incident._dirty.clear()  # type: ignore[attr-defined]  # peewee's own bookkeeping
         yield incident
 
 
@@ -184,7 +184,8 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
              for k, v in current.items()]
     limit = app.config.emails.update_max_chars if max_chars is None else max_chars
     in_full = app.config.emails.updates_in_full if in_full is None else in_full
-    where = (Entry.incident == incident) & Entry.kind.in_(("update", "change", "handover", "reopened"))
+    kinds = ("update", "change", "handover", "reopened")
+    where = (Entry.incident == incident) & Entry.kind.in_(kinds)
     total = Entry.select().where(where).count()
     newest = list(Entry.select().where(where).order_by(Entry.at.desc(), Entry.id.desc())
                   .limit(in_full))
@@ -256,7 +257,8 @@ def preheader(incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
 def subject_of(app: Mailflow, incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
     """The Subject: the incident's own for stakeholders; a to-do of its own for the lead."""
     if kind == "reminder" and incident.next_comm_at:
-        return f"[{incident.ref}] Update due at {incident.next_comm_at:%H:%M} UTC — reply to send it"
+        due = incident.next_comm_at
+        return f"[{incident.ref}] Update due at {due:%H:%M} UTC — reply to send it"
     if kind == "handover":
         return f"[{incident.ref}] Hand over the lead — you have led it for " \
                f"{format_duration(ctx.get('led_for') or ctx['elapsed'])}"
@@ -969,7 +971,8 @@ def remove_person(app: Mailflow, email: str, now: datetime, author: str) -> list
     address = addresses.normalise(email) or str(email).strip().lower()
     refs = []
     with app.db.atomic("IMMEDIATE"):
-        for incident in Incident.select().where(Incident.status.in_(("open", "draft", "follow-up"))):
+        live = Incident.status.in_(("open", "draft", "follow-up"))
+        for incident in Incident.select().where(live):
             roles = [r for r in ROLES if getattr(incident, r) == address]
             listed = address in incident.impacted
             gone = Recipient.delete().where((Recipient.incident == incident)

@@ -24,6 +24,7 @@ from peewee import (
 from .clock import as_utc
 from .migrations import upgrade
 
+
 class UTCDateTimeField(DateTimeField):
     """Stores naive UTC, returns aware UTC, so comparisons with `now` never mix kinds."""
 
@@ -70,13 +71,15 @@ class Incident(BaseModel):
     lead_since = UTCDateTimeField(null=True)
     communicator = CharField(null=True)
     scribe = CharField(null=True)
-    status = CharField(default="open")  # draft (from an alert) | dismissed | open | follow-up | resolved
+    # draft (from an alert) | dismissed | open | follow-up | resolved
+    status = CharField(default="open")
     declared_at = UTCDateTimeField()
     resolved_at = UTCDateTimeField(null=True)
     closed_at = UTCDateTimeField(null=True)
     next_comm_at = UTCDateTimeField(null=True)
     last_comm_at = UTCDateTimeField(null=True)
-    last_sent = JSONField(null=True)  # the facts as last communicated: what "new" is measured against
+    # the facts as last communicated: what "new" is measured against
+    last_sent = JSONField(null=True)
     resolution = TextField(default="")
     follow_up = TextField(default="")
     postmortem_done = BooleanField(default=False)
@@ -167,6 +170,7 @@ class Due(BaseModel):
     due_at = UTCDateTimeField()
     done_at = UTCDateTimeField(null=True)
     outcome = CharField(default="")  # done | skipped | cancelled
+    incident_id: int  # peewee's column attribute for the foreign key, declared for mypy
 
     class Meta:
         indexes = (

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import alerts, posting
 from . import incidents as inc
@@ -123,7 +123,7 @@ def _escalate(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     to += inc.lead_recipients(app, incident, now)
     to = list({r.id: r for r in to}.values())
     tags = svc.expertise if svc else ()
-    experts = [{"name": p.name, "email": p.email, "tags": list(matched)}
+    experts: list[dict[str, Any]] = [{"name": p.name, "email": p.email, "tags": list(matched)}
                for p, matched in app.contacts.experts(tags)]
     thresholds = app.config.cadence.escalate[incident.severity]
     # The last of several thresholds (1 day by default) proposes the complete workaround.

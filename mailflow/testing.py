@@ -14,20 +14,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
 
 # A small directory for tests and benchmarks: two time zones, three expertise tags, the
 # three lists an incident escalates to, one service.
 CONTACTS = """\
 # Test directory: a comment that edits must keep.
 people:
-  - {name: Ana Lima, email: ana@example.org, expertise: [postgres, backups], timezone: Europe/Zurich}
+  - {name: Ana Lima, email: ana@example.org, expertise: [postgres, backups],
+     timezone: Europe/Zurich}
   - {name: Bob Stone, email: bob@example.org, expertise: [moodle], timezone: America/New_York}
   - {name: Chloe Martin, email: chloe@example.org, expertise: [moodle, postgres, nginx]}
   - {name: Dan Boss, email: dan@example.org}

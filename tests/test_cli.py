@@ -103,7 +103,7 @@ def test_bad_declarations_fail_with_one_line_and_write_nothing(project: Path, si
                                                                args: list[str],
                                                                message: str) -> None:
     argv = list(DECLARE)
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2], strict=False):
         argv[argv.index(flag) + 1] = value
     result = run(project, *argv)
     assert result.exit_code == 1

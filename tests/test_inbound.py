@@ -17,6 +17,7 @@ from .conftest import T0
 from .helpers import NOW
 from .test_lifecycle import ORANGE, by_rcpt, declare, highlighted, html_of
 
+
 @pytest.fixture
 def incident(app: Mailflow, sink: Sink) -> Incident:
     created = declare(app)
@@ -135,14 +136,14 @@ def test_empty_envelope_sender_is_not_posted(app, sink, incident, inbound) -> No
 
 def test_a_bounce_is_recorded_against_its_recipient(app, sink, incident, inbound) -> None:  # noqa: ANN001
     dsn = (
-        "From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
-        "--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
-        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n"
-        "\r\nFinal-Recipient: rfc822; ops-team@example.org\r\nAction: failed\r\n"
-        "Status: 5.1.1\r\n--B--\r\n"
-    ).encode()
+        b"From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n"
+        b"\r\nFinal-Recipient: rfc822; ops-team@example.org\r\nAction: failed\r\n"
+        b"Status: 5.1.1\r\n--B--\r\n"
+    )
     code, _ = inbound.send(dsn, reply_to(sink), mail_from="")
     assert code == 250
     assert posted(incident) == []
@@ -235,11 +236,11 @@ def test_outgoing_mail_bounces_to_the_incident_address(app, sink, incident) -> N
 def test_a_bounce_is_recorded_but_cannot_silence_a_recipient(app, sink, incident,  # noqa: ANN001
                                                              inbound) -> None:
     dsn = (
-        "From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\nSubject: Undelivered\r\n"
-        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; '
-        'boundary="B"\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n'
-        "Reporting-MTA: dns; mx.example.org\r\n\r\nFinal-Recipient: rfc822; ops-team@example.org\r\n"
-        "Action: failed\r\nStatus: 5.1.1\r\n--B--\r\n").encode()
+        b"From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\nSubject: Undelivered\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; '
+        b'boundary="B"\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n'
+        b"Reporting-MTA: dns; mx.example.org\r\n\r\nFinal-Recipient: rfc822; ops-team@example.org\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n--B--\r\n")
     assert inbound.send(dsn, reply_to(sink), mail_from="")[0] == 250
     sink.clear()
     inc.send_update(app, Incident.get_by_id(incident.id), NOW)

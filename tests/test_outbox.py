@@ -23,10 +23,10 @@ import pytest
 from mailflow import incidents as inc
 from mailflow import outbox
 from mailflow.app import Mailflow
-from mailflow.scheduler import tick
 from mailflow.config import Outbound, load_config
 from mailflow.models import Entry, OutMessage
 from mailflow.render import _Markers, _Part, _qp
+from mailflow.scheduler import tick
 from mailflow.testing import Sink, SinkHandler
 
 from .conftest import T0, write_config
