@@ -360,10 +360,7 @@ def declare_draft(app: Mailflow, incident: Incident, now: datetime, author: str,
             f"of {svc.title}: {incident.summary} (from an alert)", author=author)
     if incident.lead:
         inc.add_recipient(app, incident, incident.lead, "as the incident lead", now)
-    for list_name in svc.notify:
-        for addr in app.contacts.expand([list_name]):
-            inc.add_recipient(app, incident, addr,
-                              f"because you are on the {list_name} list for {svc.title}", now)
+    inc.add_notified(app, incident, svc, now)
     inc.schedule_mark(app, incident, now + inc.update_every(app, incident), now)
     inc.schedule_escalations(app, incident, now)
     inc.schedule_handover(app, incident, now)

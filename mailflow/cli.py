@@ -484,14 +484,19 @@ def show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    for line in show_lines(data, clock.now().date()):
+    now = clock.now()
+    for line in show_lines(data, now.date(), now):
         click.echo(line)
 
 
-def show_lines(data: dict[str, Any], today: date) -> list[str]:
+def show_lines(data: dict[str, Any], today: date, now: datetime | None = None) -> list[str]:
     """`mailflow show` for people: times to the minute (UTC), a date on any other day."""
     def utc(iso: str | None) -> str:
         return f"{when(iso, today)} UTC" if iso else ""
+
+    def held(m: dict[str, Any]) -> bool:
+        return bool(now and m.get("not_before")
+                    and datetime.fromisoformat(m["not_before"].replace("Z", "+00:00")) > now)
 
     subject = data["subject"]
     lines = [subject if data["ref"] in subject else f"{data['ref']}  {subject}"]
@@ -504,9 +509,18 @@ def show_lines(data: dict[str, Any], today: date) -> list[str]:
               ("resolved", utc(data["resolved_at"]))]
     lines += [f"  {label:<19} {value}" for label, value in fields if value]
     lines.append("recipients:")
+    waiting: dict[tuple[str, str], list[str]] = {}
     for r in data["recipients"]:
-        states = ", ".join(f"{m['kind']} {m['status']}" for m in r["messages"]) or "nothing yet"
+        states = ", ".join(f"{m['kind']} held" if held(m) else f"{m['kind']} {m['status']}"
+                           for m in r["messages"]) or "nothing yet"
         lines.append(f"  {r['email']:<32} {r['status']:<7} {states}")
+        for m in r["messages"]:
+            if held(m):
+                waiting.setdefault((m["not_before"], m["kind"]), []).append(r["email"])
+    if waiting:
+        lines.append("held until working hours:")
+        for (at, kind), emails in sorted(waiting.items()):
+            lines.append(f"  {kind} email to {len(emails)} at {utc(at)}: {', '.join(emails)}")
     lines.append("timeline (UTC):")
     times = [when(e["at"], today) for e in data["timeline"]]
     width = max(map(len, times), default=5)

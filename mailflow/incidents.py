@@ -298,18 +298,61 @@ class IncidentView:
 # --- recipients ---------------------------------------------------------------------------
 
 def add_recipient(app: Mailflow, incident: Incident, address: str, reason: str,
-                  now: datetime) -> Recipient:
-    """Add someone to the incident's emails (idempotent: the first reason is kept)."""
+                  now: datetime, via: str = "*") -> Recipient:
+    """Add someone to the incident's emails (idempotent: the first reason is kept).
+
+    `via`: the notified list that brings them in, or "*" when they are named directly (a
+    role, impacted, an escalation): what they receive follows from it (see `audience`).
+    """
     email = check_address(address, rules=rules_of(app.config))
     existing = Recipient.get_or_none((Recipient.incident == incident) & (Recipient.email == email))
     if existing is not None:
-        if existing.status != "active" and reason:
-            existing.status = "active"
+        vias = [v for v in (existing.via or "").split(",") if v]
+        if (existing.status != "active" and reason) or via not in vias:
+            existing.status = "active" if reason else existing.status
+            existing.via = ",".join([*vias, via])
             existing.save()
         return existing
     person = app.contacts.person(email)
     return Recipient.create(incident=incident, email=email, name=person.name if person else "",
-                            reason=reason, added_at=now)
+                            reason=reason, added_at=now, via=via)
+
+
+def add_notified(app: Mailflow, incident: Incident, service: Service, now: datetime) -> None:
+    """Everyone on the service's `notify` lists, each remembering the list that brought them."""
+    for list_name in service.notify:
+        for addr in app.contacts.expand([list_name]):
+            add_recipient(app, incident, addr,
+                          f"because you are on the {list_name} list for {service.title}", now,
+                          via=list_name)
+
+
+MILESTONE_KINDS = ("start", "solved")
+
+
+def is_milestone(incident: Incident, kind: str, contacts: Contacts | None = None) -> bool:
+    """Start, solved, and an update that changes the severity or impact (or reopens)."""
+    if kind in MILESTONE_KINDS:
+        return True
+    if kind != "update":
+        return False
+    before, now = incident.last_sent or {}, facts_of(incident, contacts)
+    if any(before.get(k) != now[k] for k in ("Severity", "Scope")):
+        return True
+    return Entry.select().where((Entry.incident == incident) & (Entry.kind == "reopened")
+                                & Entry.communicated_at.is_null()).exists()
+
+
+def audience(service: Service | None, via: str) -> tuple[str, frozenset[str]]:
+    """What a recipient brought in by `via` receives: ("all" | "milestones", severities
+    held out of working hours). The most their lists give: any "all" list, or being named
+    directly, means all; mail waits only if every one of their lists lets it wait."""
+    vias = [v for v in (via or "").split(",") if v]
+    if service is None or not vias or "*" in vias:
+        return "all", frozenset()
+    gets = "all" if any(service.gets(v) == "all" for v in vias) else "milestones"
+    held = frozenset.intersection(*(service.held(v) for v in vias))
+    return gets, held
 
 
 def personal(app: Mailflow, recipient: Recipient) -> Personal:
@@ -344,16 +387,22 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     it carries is no longer new. Reminders and escalations leave "new" untouched.
     `expires_at`: past it, the outbox drops the email instead of sending it late.
     """
+    not_before: dict[str, datetime] = {}
+    skipped = 0
     if to is None:
         # Only the columns used here and by `personal`: a fan-out reads 1,000s of rows, and
         # building each full row (dates parsed) cost half of this query.
-        to = list(Recipient.select(Recipient.id, Recipient.email, Recipient.name,
-                                   Recipient.reason, Recipient.first_message_id)
-                  .where((Recipient.incident == incident)
-                         # A bounce arrives with a token every recipient holds, so it can be
-                         # forged: it is recorded, but only our own relay's 5xx stops the mail.
-                         & (Recipient.status != "failed"))
-                  .order_by(Recipient.id))
+        everyone = list(Recipient.select(Recipient.id, Recipient.email, Recipient.name,
+                                         Recipient.reason, Recipient.first_message_id,
+                                         Recipient.via)
+                        .where((Recipient.incident == incident)
+                               # A bounce arrives with a token every recipient holds, so it can
+                               # be forged: it is recorded, but only our own relay's 5xx stops
+                               # the mail.
+                               & (Recipient.status != "failed"))
+                        .order_by(Recipient.id))
+        to, not_before = _audience_of(app, incident, kind, everyone, now)
+        skipped = len(everyone) - len(to)
     if not to:
         return []
     cfg = app.config
@@ -386,7 +435,11 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     with app.db.atomic():
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
                            [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
-                           expires_at=expires_at, priority=PRIORITY.get(kind, 0))
+                           expires_at=expires_at, priority=PRIORITY.get(kind, 0),
+                           not_before=not_before)
+        # What waited for the morning goes ahead of this email to those who get it now.
+        app.outbox.release_held(incident.id, [o.recipient.email for o in outgoing
+                                              if o.recipient.email not in not_before], now)
         for o in outgoing:
             r = by_email[o.recipient.email]
             if not r.first_message_id and not own_thread:
@@ -394,8 +447,17 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
                     Recipient.id == r.id).execute()
         names = ", ".join(o.recipient.email for o in outgoing[:20])
         more = f" and {len(outgoing) - 20} more" if len(outgoing) > 20 else ""
-        log(incident, now, "email", f"{kind} email queued to {len(outgoing)}: {names}{more}",
-            author="mailflow", data={"kind": kind, "count": len(outgoing)})
+        notes = ""
+        if not_before:
+            opens = min(not_before.values())
+            notes += (f"; {len(not_before)} held until working hours (from "
+                      f"{as_utc(opens):%Y-%m-%d %H:%M} UTC)")
+        if skipped:
+            notes += f"; not sent to {skipped} on milestone-only lists"
+        log(incident, now, "email",
+            f"{kind} email queued to {len(outgoing)}: {names}{more}{notes}",
+            author="mailflow", data={"kind": kind, "count": len(outgoing),
+                                     "held": len(not_before), "skipped": skipped})
         if marks_sent:
             Entry.update(communicated_at=now).where(
                 (Entry.incident == incident) & Entry.communicated_at.is_null()).execute()
@@ -403,6 +465,28 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
             incident.last_comm_at = now
             incident.save()
     return [o.message_id for o in outgoing]
+
+
+def _audience_of(app: Mailflow, incident: Incident, kind: str, everyone: Sequence[Recipient],
+                 now: datetime) -> tuple[list[Recipient], dict[str, datetime]]:
+    """Who gets this communication (milestone-only lists get milestones), and which copies
+    wait for working hours in the recipient's time zone (email → when they may go)."""
+    service = app.contacts.services.get(incident.service)
+    milestone = is_milestone(incident, kind, app.contacts) if service is not None else True
+    hours = app.contacts.working_hours
+    to: list[Recipient] = []
+    later: dict[str, datetime] = {}
+    for r in everyone:
+        gets, held = audience(service, r.via)
+        if gets == "milestones" and not milestone:
+            continue
+        to.append(r)
+        if incident.severity in held:
+            person = app.contacts.person(r.email)
+            opens = hours.opens_at(now, person.timezone if person else None)
+            if opens is not None:
+                later[r.email] = opens
+    return to, later
 
 
 def update_every(app: Mailflow, incident: Incident) -> timedelta:
@@ -507,10 +591,7 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
             author=author or lead or "")
         if lead:
             add_recipient(app, incident, lead, "as the incident lead", now)
-        for list_name in svc.notify:
-            for addr in app.contacts.expand([list_name]):
-                add_recipient(app, incident, addr,
-                              f"because you are on the {list_name} list for {svc.title}", now)
+        add_notified(app, incident, svc, now)
         for addr in impacted:
             add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
         schedule_mark(app, incident, now + update_every(app, incident), now)
@@ -875,9 +956,12 @@ def describe(incident: Incident) -> dict[str, Any]:
 
     messages: dict[str, list[dict[str, Any]]] = {}
     for m in OutMessage.select().where(OutMessage.incident == incident).order_by(OutMessage.id):
+        # Not tried yet: when it may go (later than now: held for working hours).
+        untried = m.status == "queued" and not m.attempts and not m.last_error
         messages.setdefault(m.recipient, []).append({
             "kind": m.kind, "message_id": m.message_id, "status": m.status,
             "attempts": m.attempts, "sent_at": iso(m.sent_at), "error": m.last_error or None,
+            "not_before": iso(m.next_attempt_at) if untried else None,
         })
     return {
         "ref": incident.ref, "service": incident.service, "service_title": incident.service_title,

@@ -125,6 +125,9 @@ class Recipient(BaseModel):
     first_message_id = CharField(null=True)
     status = CharField(default="active")  # active | bounced | failed
     last_error = TextField(default="")
+    # The lists that brought them in, comma-separated; "*" when named directly (a role,
+    # impacted, an escalation): what they receive follows from these lists' audiences.
+    via = TextField(default="")
 
     class Meta:
         indexes = ((("incident", "email"), True),)
