@@ -128,12 +128,17 @@ def _escalate(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     thresholds = app.config.cadence.escalate[incident.severity]
     # The last of several thresholds (1 day by default) proposes the complete workaround.
     final = len(thresholds) > 1 and threshold >= max(thresholds)
+    # Third-party support next to the internal experts: how to open a ticket, how to escalate.
+    vendors = [{"name": v.name, "ticket": v.ticket, "escalate": v.escalate}
+               for v in app.contacts.vendors_of(incident.service)]
     inc.communicate(app, incident, "escalation", now, to=to, marks_sent=False,
-                    threshold=threshold, experts=experts, expertise=list(tags), final=final)
+                    threshold=threshold, experts=experts, expertise=list(tags), final=final,
+                    vendors=vendors)
+    listed = f"; vendors: {', '.join(v['name'] for v in vendors)}" if vendors else ""
     inc.log(incident, now, "escalation",
             f"escalated after {format_duration(threshold)} to {', '.join(lists) or 'the lead'}"
             f" ({', '.join(r.email for r in to)}); experts: "
-            f"{', '.join(e['email'] for e in experts) or 'none listed'}", "mailflow")
+            f"{', '.join(e['email'] for e in experts) or 'none listed'}{listed}", "mailflow")
     return True
 
 
