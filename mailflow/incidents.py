@@ -209,6 +209,15 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
                                        incident.id, app.config.secret),
     }
     ctx.update(extra)
+    if kind == "solved":
+        # How the incident went, not only how it ended: the worst state and the phases.
+        stretches = phases(incident, ctx.get("ended_at") or incident.resolved_at or now)
+        severity, impact = worst_of(stretches)
+        ctx.setdefault("worst", {"severity": severity, "impact": impact,
+                                 "severity_label": SEVERITY_LABELS.get(severity, severity),
+                                 "impact_label": IMPACTS.get(impact, impact)})
+        day = as_utc(incident.declared_at).date()
+        ctx.setdefault("phases", [p.text(day) for p in stretches])
     ctx["preheader"] = preheader(incident, kind, ctx)
     ctx["subject"] = subject_of(app, incident, kind, ctx)
     return ctx
@@ -765,6 +774,63 @@ def field_changes(entries: Iterable[Entry], name: str) -> list[tuple[Entry, dict
             if change.get("field") == name:
                 found.append((entry, change))
     return found
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of the incident at one severity and impact."""
+
+    severity: str
+    impact: str
+    start: datetime
+    end: datetime
+
+    def text(self, day: Any = None) -> str:
+        """`P1 outage 10:05–11:30` (with the date of a time not on `day`)."""
+        def hm(at: datetime) -> str:
+            at = as_utc(at)
+            return f"{at:%H:%M}" if day is None or at.date() == day else f"{at:%Y-%m-%d %H:%M}"
+        return f"{self.severity} {self.impact} {hm(self.start)}–{hm(self.end)}"
+
+
+def phases(incident: Incident, until: datetime | None = None) -> list[Phase]:
+    """The incident's severity and impact over time, from its timeline: one phase per
+    stretch, from the declaration to `until` (its resolution, else the last change)."""
+    entries = list(Entry.select().where((Entry.incident == incident)
+                                        & Entry.kind.in_(("update", "change", "handover")))
+                   .order_by(Entry.at, Entry.id))
+    events = sorted([(e.at, e.id, name, c) for name in ("severity", "impact")
+                     for e, c in field_changes(entries, name)], key=lambda t: (t[0], t[1]))
+    first_sev = next((c.get("old") for *_, n, c in events if n == "severity"), None)
+    first_imp = next((c.get("old") for *_, n, c in events if n == "impact"), None)
+    state = {"severity": first_sev or incident.severity, "impact": first_imp or incident.impact}
+    start = incident.declared_at
+    end = until or incident.resolved_at or (events[-1][0] if events else start)
+    out: list[Phase] = []
+    for at, _id, name, change in events:
+        if change.get("new") == state[name]:
+            continue
+        if at > start:
+            out.append(Phase(state["severity"], state["impact"], start, at))
+            start = at
+        state[name] = change.get("new") or state[name]
+    out.append(Phase(state["severity"], state["impact"], start, max(start, end)))
+    merged: list[Phase] = []
+    for phase in out:  # P1 → P2 → P1 within a minute leaves two P1 stretches: joined
+        last = merged[-1] if merged else None
+        if last and (last.severity, last.impact) == (phase.severity, phase.impact):
+            merged[-1] = Phase(last.severity, last.impact, last.start, phase.end)
+        else:
+            merged.append(phase)
+    return merged
+
+
+def worst_of(stretches: Sequence[Phase]) -> tuple[str, str]:
+    """The worst severity (P0 first) and impact (an outage over degraded) of the phases."""
+    severity = min((p.severity for p in stretches), key=lambda s: SEVERITIES.index(s)
+                   if s in SEVERITIES else len(SEVERITIES))
+    impact = "outage" if any(p.impact == "outage" for p in stretches) else "degraded"
+    return severity, impact
 
 
 @mutates

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from .errors import InvalidInput, TemplateError
-from .incidents import IMPACTS, SEVERITY_LABELS, field_changes, person_label
+from .incidents import IMPACTS, SEVERITY_LABELS, field_changes, person_label, phases, worst_of
 from .models import Entry, Incident, OutMessage
 from .render import one_line
 
@@ -192,8 +192,15 @@ def context(incident: Incident, now: datetime, contacts: Contacts | None = None
         for e in Incident.select().where((Incident.service == incident.service)
                                          & (Incident.id < incident.id)).order_by(Incident.id)
     ]
+    # Phases and the worst state, as the solved email tells them (Markdown-inert already:
+    # severities, impacts and times only).
+    stretches = phases(incident, incident.resolved_at)
+    worst_severity, worst_impact = worst_of(stretches)
     return {
         "incident": view,
+        "worst": {"severity": worst_severity, "impact": worst_impact,
+                  "impact_label": IMPACTS.get(worst_impact, worst_impact)},
+        "phases": [p.text(incident.declared_at.date()) for p in stretches],
         "now": now,
         "timeline": [line(e) for e in entries],
         "updates": [line(e) for e in entries if e.kind == "update"],

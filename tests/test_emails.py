@@ -166,3 +166,31 @@ def test_the_leads_reminder_goes_ahead_of_a_slow_fan_out(tmp_path: Path) -> None
                 f"the reminder went out at position {position} of {len(kinds)}, not after the fan-out"
         finally:
             app.close()
+
+
+def test_solved_and_postmortem_show_the_worst_state_and_the_phases(app: Mailflow,
+                                                                   sink: Sink) -> None:
+    from mailflow.postmortem import draft
+
+    incident = declare(app, impacted=[], severity="P2", impact="degraded")
+    inc.apply_update(app, incident, T0 + timedelta(minutes=5), "ana@example.org",
+                     fields={"severity": "P1", "impact": "outage"}, text="Now fully down.")
+    inc.apply_update(app, incident, T0 + timedelta(hours=1, minutes=30), "ana@example.org",
+                     fields={"severity": "P2", "impact": "degraded"})
+    inc.post_update(app, incident, "Read-only works.", "ana@example.org",
+                    T0 + timedelta(hours=1, minutes=40))
+    inc.resolve(app, incident, T0 + timedelta(hours=2, minutes=15), "Rebuilt the index.",
+                "ana@example.org")
+    tick(app, T0 + timedelta(hours=2, minutes=15))
+    [solved] = [m for m in of_kind(sink, "solved") if m["To"].endswith("ops-team@example.org")]
+    text = text_of(solved)
+    assert "At worst: P1 (high; target resolution within 4 h), complete downtime" in text
+    assert ("Phases (UTC):\n    P2 degraded 10:00–10:05\n    P1 outage 10:05–11:30\n"
+            "    P2 degraded 11:30–12:15\n") in text.replace("\r\n", "\n")
+    html = html_of(solved)
+    assert "P1 outage 10:05–11:30<br>P2 degraded 11:30–12:15" in html
+    assert "At worst" in html
+    md = draft(app, inc.get_incident(incident.ref), T0 + timedelta(hours=3))
+    assert ("phases (UTC): P2 degraded 10:00–10:05, P1 outage 10:05–11:30, "
+            "P2 degraded 11:30–12:15") in md
+    assert "- Severity: P2 (medium; target resolution within 24 h) (at worst P1)" in md
