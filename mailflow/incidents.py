@@ -17,7 +17,7 @@ from .clock import as_utc, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
-from .render import Envelope, Personal, clean_text, one_line
+from .render import Envelope, Personal, clean_text, one_line, reflow_paragraphs
 from .tokens import reply_address
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ PRIORITY = {"reminder": 2, "handover": 2, "notice": 1, "escalation": 1}
 
 def _capped(text: str, limit: int) -> str:
     """One update's text as an email carries it: at most `limit` characters, visibly cut."""
-    text = clean_text(text)
+    text = reflow_paragraphs(clean_text(text))  # hard-wrapped replies read as paragraphs
     return text if len(text) <= limit else text[:limit].rstrip() + "\n" + CONTINUED
 
 
@@ -913,16 +913,21 @@ def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, 
     if at is not None:
         schedule_mark(app, incident, at, now)  # said explicitly: wins over the cadence
     action.next_comm_at = incident.next_comm_at
-    if text or action.changes:
-        labels = action.applied
+    if added:
+        # Who receives the emails is the record's business, not news for everyone.
+        action.entry = log(incident, now, "recipient",
+                           f"Added {', '.join(added)} to the emails (impacted)", author=author,
+                           data={"changes": [{"field": "impacted", "new": a} for a in added]})
+    shown = [c for c in action.changes if c["field"] != "impacted"]
+    if text or shown:
+        labels = [change_label(c) for c in shown]
         if at is not None:
             labels.append(f"Next communication: {when_text(at, tz)}")
         body = "\n\n".join(part for part in (text, " · ".join(labels), note.strip()) if part)
-        kind = "update" if text else ("handover" if names == {"lead"} and not added
-                                      else "change")
-        data = {"changes": action.changes}
-        if len(action.changes) == 1:  # the shape one-change entries always had
-            data.update(action.changes[0])
+        kind = "update" if text else ("handover" if names == {"lead"} else "change")
+        data = {"changes": shown}
+        if len(shown) == 1:  # the shape one-change entries always had
+            data.update(shown[0])
         action.entry = log(incident, now, kind, body, author=author, shown=True, data=data)
         if text and incident.scribe and incident.scribe != author:
             # The scribe keeps the log, so they see every reply as it is posted.
@@ -1086,8 +1091,9 @@ def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
     if addr not in incident.impacted:
         incident.impacted = [*incident.impacted, addr]
         incident.save()
-        log(incident, now, "change", f"Added {addr} to the impacted people", author=author,
-            shown=True, data={"field": "impacted", "new": addr})
+        # Recorded, not broadcast: who receives the emails is not news for everyone.
+        log(incident, now, "recipient", f"Added {addr} to the emails (impacted)",
+            author=author, data={"field": "impacted", "new": addr})
     return add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
 
 

@@ -20,7 +20,7 @@ from mailflow.testing import Sink
 
 from .conftest import T0
 from .test_inbound import posted, reply, reply_to
-from .test_lifecycle import by_rcpt, declare
+from .test_lifecycle import by_rcpt, declare, text_of
 
 
 @pytest.fixture
@@ -38,9 +38,7 @@ def receipts(to: str) -> list[EmailMessage]:
 
 
 def body_of(msg: EmailMessage) -> str:
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return part.get_content()
+    return text_of(msg)  # format=flowed decoded, as a reader shows it
 
 
 def test_a_list_address_adds_text_but_cannot_resolve(app, sink, incident, inbound) -> None:  # noqa: ANN001

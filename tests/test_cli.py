@@ -14,6 +14,7 @@ from mailflow.cli import cli
 from mailflow.testing import Sink
 
 from .conftest import write_config
+from .test_lifecycle import text_of
 
 DECLARE = ["declare", "--service", "learn", "--severity", "P1", "--impact", "outage",
            "--summary", "Learn platform returns 502", "--impacted", "student-council@example.org",
@@ -163,7 +164,7 @@ def test_permanent_failure_is_recorded_and_does_not_block_others(project: Path,
     assert run(project, "tick").exit_code == 0  # the failure notice is the scheduler's job
     [told] = [r for r in sink.received if r.message["X-Mailflow-Kind"] == "notice"]
     assert told.rcpt_tos == ["ana@example.org"], "the lead is told"
-    assert "ops-team@example.org: 550" in told.message.get_body(("plain",)).get_content()
+    assert "ops-team@example.org: 550" in text_of(told.message)
     shown = json.loads(run(project, "show", "INC-1", "--json").stdout)
     ops = next(r for r in shown["recipients"] if r["email"] == "ops-team@example.org")
     assert ops["status"] == "failed" and "550" in ops["error"]

@@ -18,6 +18,7 @@ from mailflow.testing import Sink
 
 from .conftest import T0, write_config
 from .helpers import Process, wait_for
+from .test_lifecycle import text_of
 
 
 def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org") -> int:
@@ -59,7 +60,7 @@ def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
         assert sorted(r.message["X-Mailflow-Kind"] for r in sink.received[2:]) == [
             "receipt", "update", "update"]
         update = kinds["update"]
-        assert "Index rebuilt, app servers back" in update.get_body(("plain",)).get_content()
+        assert "Index rebuilt, app servers back" in text_of(update)
 
         # An edited contacts file is picked up without a signal: a new person may post.
         stranger = "zoe@example.org"

@@ -267,4 +267,8 @@ def test_role_and_impacted_commands(app, sink, incident, inbound) -> None:  # no
         "because you are impacted")
     # One reply, one entry: the text, then both changes on one line.
     assert [e.text for e in posted(incident)] == [
-        "Taking over\n\nLead: ana@example.org → bob@example.org · Impacted: + dean@example.org"]
+        "Taking over\n\nLead: ana@example.org → bob@example.org"]
+    # A new recipient is recorded, not broadcast (never carried in orange by an email).
+    [added] = posted(incident, "recipient")
+    assert added.text == "Added dean@example.org to the emails (impacted)"
+    assert added.communicated_at is not None

@@ -13,6 +13,7 @@ from mailflow import render, tokens
 from mailflow.app import Mailflow
 from mailflow.errors import InvalidInput, NotFound
 from mailflow.models import Entry, Incident, OutMessage, Recipient
+from mailflow.replies import _unflow
 from mailflow.testing import Sink
 
 from .conftest import T0
@@ -38,9 +39,14 @@ def html_of(msg: EmailMessage) -> str:
 
 
 def text_of(msg: EmailMessage) -> str:
+    """The plain-text part as a reader shows it: format=flowed soft breaks joined."""
     part = msg.get_body(("plain",))
     assert part is not None
-    return part.get_content()
+    content = part.get_content()
+    if part.get_param("format") != "flowed":
+        return content
+    joined = _unflow(content.replace("\r\n", "\n"), delsp=False)
+    return joined.replace("\n", "\r\n") if "\r\n" in content else joined
 
 
 def by_rcpt(sink: Sink) -> dict[str, list[EmailMessage]]:
