@@ -18,6 +18,7 @@ from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
 from .render import Envelope, Personal, clean_text, one_line, reflow_paragraphs
+from .threads import conversation_headers
 from .tokens import reply_address
 
 if TYPE_CHECKING:
@@ -426,10 +427,13 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     max_chars = cfg.emails.update_max_chars
     while True:
         ctx = context(app, incident, kind, now, in_full=in_full, max_chars=max_chars, **extra)
+        headers = [("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)]
+        if not own_thread:  # Outlook threads by these, not by In-Reply-To
+            headers += conversation_headers(f"{cfg.reply_domain}/{incident.id}",
+                                            incident.subject, incident.declared_at, now)
         envelope = Envelope(
             sender=cfg.sender, subject=ctx["subject"], date=now, domain=cfg.reply_domain,
-            reply_to=ctx["reply_address"], threads=threads,
-            extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
+            reply_to=ctx["reply_address"], threads=threads, extra_headers=headers,
         )
         outgoing = app.renderer.personalise(kind, ctx, people, envelope)
         # Bounded size: older updates are left out (counted in a line), then the newest is

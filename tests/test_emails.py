@@ -4,6 +4,7 @@ lead's reminder ahead of a long fan-out. Every test reads the real messages from
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,6 +55,14 @@ def test_subjects_and_preheaders_say_what_each_email_is(app: Mailflow, sink: Sin
     [update] = [m for m in of_kind(sink, "update") if m["To"].endswith("ops-team@example.org")]
     assert update["Subject"] == start["Subject"], "one conversation: the subject is stable"
     assert update["In-Reply-To"] == start["Message-ID"]
+    # Outlook: one Thread-Topic, and a Thread-Index whose 22-byte head is the conversation's
+    # and whose child block says how long after the start (1 h, in FILETIME's 100 ns).
+    assert start["Thread-Topic"] == update["Thread-Topic"] == start["Subject"]
+    head, later = (base64.b64decode(m["Thread-Index"]) for m in (start, update))
+    assert len(head) == 22 and head[0] == 1 and len(later) == 27 and later[:22] == head
+    elapsed = (int.from_bytes(later[22:], "big") >> 8) << 18
+    assert abs(elapsed - 36_000_000_000) < 2 ** 18 + 2 ** 16 * 2
+    assert reminder["Thread-Index"] is None, "the lead's to-do is not in the conversation"
     assert preheader(update) == "UPDATE 1 — P1 → P2 — Logins work again, read-only"
 
     inc.resolve(app, incident, T0 + timedelta(hours=2, minutes=10),
