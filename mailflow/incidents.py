@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from . import addresses, commands
 from .addresses import STRICT, Rules, rules_of
-from .clock import as_utc, format_duration, parse_duration
+from .clock import as_utc, compact_duration, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
 from .models import Due, Entry, Incident, OutMessage, Recipient
@@ -522,11 +522,7 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
 
 def threshold_label(delta: timedelta) -> str:
     """An escalation key: 4h, 1d, 90m."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return compact_duration(delta, one_unit=True)
 
 
 def require_open(incident: Incident) -> None:
