@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import incidents as inc
 from .errors import InvalidInput, MailflowError
-from .models import Alert, Due, Incident, InMessage
+from .models import Alert, Due, Incident, InMessage, Status
 from .render import one_line
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ SEVERITY_MAP = {"critical": "P1", "page": "P1", "high": "P1", "error": "P2", "ma
                 "warning": "P2", "minor": "P3", "info": "P3", "low": "P3", "none": "P3"}
 DEFAULT_SEVERITY = "P2"
 DUE_KIND = "alert-page"
-ACTIVE = ("draft", "open")  # an alert group's draft or incident that repeats update
+ACTIVE = (Status.DRAFT, Status.OPEN)  # an alert group's draft or incident that repeats update
 
 
 class AlertError(InvalidInput):
@@ -201,7 +201,7 @@ def _draft(app: Mailflow, service: str, title: str, group: AlertGroup,
     incident = Incident.create(
         service=service, service_title=title, severity=severity, impact=impact,
         summary=group.summary, impacted=[], declared_at=now, subject="(pending)",
-        status="draft", lead=people[0] if people else None)
+        status=Status.DRAFT, lead=people[0] if people else None)
     incident.subject = one_line(f"[{incident.ref}] {title}: {impact}")
     incident.save()
     inc.log(incident, now, "alert", f"draft from a {group.source} alert: {group.summary}",
@@ -331,7 +331,7 @@ def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, ma
 
 def dismiss(app: Mailflow, incident: Incident, now: datetime, author: str) -> None:
     """The draft needs no communication: closed, nothing is sent, nothing more is asked."""
-    incident.status = "dismissed"
+    incident.status = Status.DISMISSED
     incident.closed_at = now
     incident.save()
     inc.cancel_due(incident, now)

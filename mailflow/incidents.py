@@ -16,7 +16,7 @@ from .addresses import STRICT, Rules, rules_of
 from .clock import as_utc, compact_duration, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
-from .models import Due, Entry, Incident, OutMessage, Recipient
+from .models import LIVE, Due, Entry, EntryKind, Incident, OutMessage, Recipient, Status
 from .render import Envelope, Personal, clean_text, one_line
 from .tokens import reply_address
 
@@ -68,9 +68,10 @@ def get_incident(ref: str | int) -> Incident:
     return incident
 
 
-def log(incident: Incident, now: datetime, kind: str, text: str, author: str = "",
+def log(incident: Incident, now: datetime, kind: EntryKind | str, text: str, author: str = "",
         data: dict[str, Any] | None = None, shown: bool = False) -> Entry:
     """Add a timeline entry. `shown` entries are carried (in orange) by the next email."""
+    kind = EntryKind(kind).value  # ValueError on an unknown kind: caught by the tests
     return Entry.create(incident=incident, at=now, kind=kind, author=author, text=text,
                         data=data, communicated_at=None if shown else now)
 
@@ -794,7 +795,7 @@ def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author
     if not steps:
         raise InvalidInput("resolution steps are empty: say what fixed it")
     with app.db.atomic():
-        incident.status = "follow-up" if follow_up.strip() else "resolved"
+        incident.status = Status.FOLLOW_UP if follow_up.strip() else Status.RESOLVED
         incident.resolution = steps
         incident.follow_up = follow_up.strip()
         incident.resolved_at = now
@@ -853,7 +854,7 @@ def close(app: Mailflow, incident: Incident, now: datetime, author: str,
         raise InvalidInput(f"{incident.ref} is {incident.status}: only an incident resolved with "
                            "--follow-up is closed later")
     with app.db.atomic():
-        incident.status = "resolved"
+        incident.status = Status.RESOLVED
         incident.closed_at = now
         incident.save()
         done = note.strip() or f"Follow-up done: {incident.follow_up}"
@@ -944,7 +945,7 @@ def reopen(app: Mailflow, incident: Incident, now: datetime, author: str, text: 
     everyone is told at once unless `notify` is False (the caller sends the update)."""
     if incident.is_open:
         raise InvalidInput(f"{incident.ref} is open; only a resolved incident is reopened")
-    if incident.status not in ("resolved", "follow-up"):
+    if incident.status not in (Status.RESOLVED, Status.FOLLOW_UP):
         raise InvalidInput(f"{incident.ref} is {incident.status}; only a resolved incident is "
                            "reopened")
     was = incident.status
@@ -967,7 +968,7 @@ def remove_person(app: Mailflow, email: str, now: datetime, author: str) -> list
     address = addresses.normalise(email) or str(email).strip().lower()
     refs = []
     with app.db.atomic("IMMEDIATE"):
-        live = Incident.status.in_(("open", "draft", "follow-up"))
+        live = Incident.status.in_(LIVE)
         for incident in Incident.select().where(live):
             roles = [r for r in ROLES if getattr(incident, r) == address]
             listed = address in incident.impacted
