@@ -526,6 +526,31 @@ def threshold_label(delta: timedelta) -> str:
     return compact_duration(delta, one_unit=True)
 
 
+def message_ids(incident: Incident, kind: str) -> list[str]:
+    """The Message-IDs queued for one kind of communication of the incident."""
+    return [m.message_id for m in OutMessage.select(OutMessage.message_id).where(
+        (OutMessage.incident == incident) & (OutMessage.kind == kind))]
+
+
+def listing(show_all: bool = False, drafts: bool = False) -> list[Incident]:
+    """Incidents newest first: open ones unless `show_all`; drafts only with `drafts`."""
+    q = Incident.select().order_by(Incident.id.desc())
+    if not show_all:
+        q = q.where(Incident.status != Status.RESOLVED)
+    # Drafts from alerts are not incidents until declared (nor dismissed ones ever).
+    hidden = (() if drafts and show_all else (Status.DISMISSED,) if drafts
+              else (Status.DRAFT, Status.DISMISSED))
+    return list(q.where(Incident.status.not_in(hidden)) if hidden else q)
+
+
+def mark_postmortem_done(app: Mailflow, incident: Incident, now: datetime, author: str) -> None:
+    """Record that the postmortem was held: its reminders stop."""
+    with locked(app, incident):
+        incident.postmortem_done = True
+        incident.save()
+        log(incident, now, EntryKind.POSTMORTEM, "postmortem marked done", author=author)
+
+
 def require_open(incident: Incident) -> None:
     """Refuse to change an incident that is already resolved."""
     if not incident.is_open:
