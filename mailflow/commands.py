@@ -76,6 +76,8 @@ REPLY_COMMANDS = ("severity", "impact", "eta", "next update", "send now", "resol
 DECLARATION_FIELDS = ("service", "severity", "impact", "impacted", "eta", "started",
                       "next steps", "lead")
 BARE = ("send now", "resolved", "reopen")  # commands without a value
+# Headings of a status report (mailflow.report): text, never a command or a look-alike.
+REPORT_HEADINGS = ("learned", "tried", "now", "left")
 # Stakeholders expect news at least this often; a longer wait is a typo (3000000d).
 MAX_NEXT_UPDATE = timedelta(days=30)
 # Fields whose value is free text: without a colon, "ETA unknown so far" is a sentence.
@@ -198,6 +200,8 @@ def _read_line(line: str, names: tuple[str, ...]
                ) -> Command | list[Command] | Refused | LookAlike | None:
     """What one line at the top is; None: it is text (and so is everything below)."""
     bare = _words(_INVISIBLE.sub("", line)).rstrip(".!").strip()
+    if bare.split(" ")[0].rstrip(":") in REPORT_HEADINGS:
+        return None  # `Tried: …`, `Learned:`: the text of a status report starts here
     if bare in names and bare in BARE:
         return Command(bare, "")
     m = _KEY_VALUE.match(_INVISIBLE.sub("", line).strip())

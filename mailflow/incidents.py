@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from . import addresses, commands
+from . import addresses, commands, report
 from .addresses import STRICT, Rules, rules_of
 from .clock import as_utc, compact_duration, format_duration, parse_duration
 from .config import SEVERITIES
@@ -194,12 +194,18 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
                   _capped(e.text, limit), new=e.communicated_at is None)
              for e in reversed(newest)]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
+    # The status report of the news: what the new entries learned, tried, do now, have left.
+    news_report = report.merge((e.data or {}).get("report") for e in reversed(newest)
+                               if e.communicated_at is None)
     ctx: dict[str, Any] = {
         "kind": kind,
         "incident": IncidentView(incident),
         "facts": facts,
         "updates": items,
         "earlier_updates": total - len(items),
+        "report": [(report.TITLES[k], [report.experiment_text(x) if k == "tried" else x
+                                       for x in v]) for k, v in news_report.items()],
+        "report_template": report.TEMPLATE,
         "has_news": has_news,
         "now": now,
         "elapsed": now - incident.declared_at,
@@ -795,7 +801,10 @@ def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, 
         body = "\n\n".join(part for part in (text, " · ".join(labels), note.strip()) if part)
         kind = "update" if text else ("handover" if names == {"lead"} and not added
                                       else "change")
-        data = {"changes": action.changes}
+        data: dict[str, Any] = {"changes": action.changes}
+        sections = report.read(text) if text else None
+        if sections:  # Learned / Tried / Now / Left: grouped in emails and the postmortem
+            data["report"] = sections
         if len(action.changes) == 1:  # the shape one-change entries always had
             data.update(action.changes[0])
         action.entry = log(incident, now, kind, body, author=author, shown=True, data=data)
