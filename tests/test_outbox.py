@@ -30,7 +30,7 @@ from mailflow.scheduler import tick
 from mailflow.testing import Sink, SinkHandler
 
 from .conftest import T0, write_config
-from .test_lifecycle import declare
+from .helpers import declare
 
 
 def at(minutes: float) -> object:

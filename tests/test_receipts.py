@@ -19,9 +19,7 @@ from mailflow.models import Entry, Incident, InMessage, OutMessage
 from mailflow.testing import Sink, write_config
 
 from .conftest import T0
-from .helpers import NOW, Inbound
-from .test_inbound import posted, reply
-from .test_lifecycle import by_rcpt, declare, text_of
+from .helpers import NOW, Inbound, by_rcpt, declare, posted, reply, reply_to_address, text_of
 
 
 @pytest.fixture
@@ -53,12 +51,6 @@ def test_one_bad_line_never_turns_valid_lines_into_text(app, sink, incident, inb
     body = text_of(receipt)
     assert "Severity: P1 → P2" in body
     assert "next update: 25:00: '25:00' is not a time of day" in body
-
-
-def reply_to_address(app: Mailflow, incident: Incident) -> str:
-    from mailflow.tokens import reply_address
-    cfg = app.config
-    return reply_address(cfg.reply_local, cfg.reply_domain, incident.id, cfg.secret)
 
 
 @pytest.mark.parametrize(("line", "closest"), [("severty: P3", "severity:"),

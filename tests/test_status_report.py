@@ -15,10 +15,7 @@ from mailflow.models import Entry, Incident
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .helpers import NOW
-from .test_inbound import posted, reply
-from .test_lifecycle import by_rcpt, declare, text_of
-from .test_receipts import reply_to_address
+from .helpers import NOW, by_rcpt, declare, posted, reply, reply_to_address, text_of
 
 BOB = "Bob Stone <bob@example.org>"
 REPORT = ("send now\n\n"
