@@ -18,16 +18,12 @@ from mailflow.config import load_config
 from mailflow.models import Entry, Incident, InMessage, OutMessage
 from mailflow.testing import Sink, write_config
 
-from .conftest import T0
-from .helpers import NOW, Inbound, by_rcpt, declare, posted, reply, reply_to_address, text_of
+from .helpers import NOW, Inbound, by_rcpt, posted, reply, reply_to_address, text_of
 
 
 @pytest.fixture
-def incident(app: Mailflow, sink: Sink) -> Incident:
-    created = declare(app)
-    app.deliver_now(T0)
-    sink.clear()
-    return created
+def incident(announced: Incident) -> Incident:
+    return announced
 
 
 def delivered_receipts(app: Mailflow, sink: Sink, to: str) -> list[EmailMessage]:

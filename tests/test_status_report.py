@@ -10,12 +10,9 @@ import pytest
 
 from mailflow import incidents as inc
 from mailflow import postmortem, report, scheduler
-from mailflow.app import Mailflow
 from mailflow.models import Entry, Incident
-from mailflow.testing import Sink
 
-from .conftest import T0
-from .helpers import NOW, by_rcpt, declare, posted, reply, reply_to_address, text_of
+from .helpers import NOW, by_rcpt, posted, reply, reply_to_address, text_of
 
 BOB = "Bob Stone <bob@example.org>"
 REPORT = ("send now\n\n"
@@ -29,11 +26,8 @@ REPORT = ("send now\n\n"
 
 
 @pytest.fixture
-def incident(app: Mailflow, sink: Sink) -> Incident:
-    created = declare(app)
-    app.deliver_now(T0)
-    sink.clear()
-    return created
+def incident(announced: Incident) -> Incident:
+    return announced
 
 
 def test_the_sections_are_read_with_results() -> None:
