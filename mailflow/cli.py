@@ -110,11 +110,7 @@ def deliver(app: Mailflow, now: Any, what: str = "", ids: Sequence[str] = (),
         report = app.deliver_now(now)
     unsent: list[OutMessage] = []
     if incident is not None and ids:
-        wanted = set(ids)
-        # Only what is not sent is read back: a few rows, however large the fan-out.
-        unsent = [m for m in OutMessage.select().where(
-            (OutMessage.incident == incident) & (OutMessage.status != "sent"))
-            if m.message_id in wanted]
+        unsent = app.outbox.unsent(ids)
         click.echo(f"{what} sent to {len(ids) - len(unsent)} of {len(ids)}", err=err)
         for m in unsent[:20]:
             why = m.last_error or "not tried yet"
@@ -284,8 +280,7 @@ def declare(state: State, service: str, severity: str, impact: str, summary: str
                            summary=summary, impacted=impacted, eta=eta, started=started,
                            next_steps=next_steps, lead=lead, author=author)
     click.echo(incident.ref)
-    ids = [m.message_id for m in OutMessage.select(OutMessage.message_id).where(
-        (OutMessage.incident == incident) & (OutMessage.kind == "start"))]
+    ids = inc.message_ids(incident, "start")
     if not lead:
         click.echo(f"lead: {incident.lead} (first on call for {incident.service})", err=True)
     click.echo(f"start notification queued for {len(ids)} recipient(s); "
@@ -444,19 +439,13 @@ def list_(state: State, as_json: bool, show_all: bool, drafts: bool) -> None:
       mailflow list --all --json
     """
     state.app  # noqa: B018 - opens the database
-    q = Incident.select().order_by(Incident.id.desc())
-    if not show_all:
-        q = q.where(Incident.status != "resolved")
-    # Drafts from alerts are not incidents until declared (nor dismissed ones ever).
-    hidden = () if drafts and show_all else ("dismissed",) if drafts else ("draft", "dismissed")
-    q = q.where(Incident.status.not_in(hidden)) if hidden else q
     rows = [{
         "ref": i.ref, "status": i.status, "severity": i.severity, "impact": i.impact,
         "service": i.service, "summary": i.summary, "lead": i.lead,
         "declared_at": i.declared_at.isoformat().replace("+00:00", "Z"),
         "next_communication_at":
             i.next_comm_at.isoformat().replace("+00:00", "Z") if i.next_comm_at else None,
-    } for i in q]
+    } for i in inc.listing(show_all, drafts)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -706,10 +695,7 @@ def postmortem(state: State, ref: str, out: Path | None, done: bool, author: str
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
     if done:
-        with inc.locked(app, incident):
-            incident.postmortem_done = True
-            incident.save()
-            inc.log(incident, now, "postmortem", "postmortem marked done", author=author)
+        inc.mark_postmortem_done(app, incident, now, author)
         click.echo(f"{incident.ref}: postmortem marked done")
         return
     text = draft(app, incident, now)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -13,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 
 from .addresses import Rules, normalise, problem, rules_of
+from .clock import compact_duration
 from .config import find_config, load_config
 from .contacts import (
     Contacts,
@@ -64,15 +64,7 @@ def _address(text: str) -> str:
     return normalise(text) or text.strip().lower()
 
 
-def _threshold(delta: timedelta) -> str:
-    """A threshold as written in contacts.yaml: 30m, 4h, 1d, 1h30m."""
-    seconds = int(delta.total_seconds())
-    parts = []
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0m"
+_threshold = compact_duration  # a threshold as written in contacts.yaml: 30m, 4h, 1h30m
 
 
 def _split(values: tuple[str, ...]) -> list[str]:

@@ -11,12 +11,12 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from . import addresses, commands
+from . import addresses, commands, report
 from .addresses import STRICT, Rules, rules_of
-from .clock import as_utc, format_duration, parse_duration
+from .clock import as_utc, compact_duration, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
-from .models import Due, Entry, Incident, OutMessage, Recipient
+from .models import LIVE, Due, Entry, EntryKind, Incident, OutMessage, Recipient, Status
 from .render import Envelope, Personal, clean_text, one_line, reflow_paragraphs
 from .threads import conversation_headers
 from .tokens import reply_address
@@ -69,9 +69,10 @@ def get_incident(ref: str | int) -> Incident:
     return incident
 
 
-def log(incident: Incident, now: datetime, kind: str, text: str, author: str = "",
+def log(incident: Incident, now: datetime, kind: EntryKind | str, text: str, author: str = "",
         data: dict[str, Any] | None = None, shown: bool = False) -> Entry:
     """Add a timeline entry. `shown` entries are carried (in orange) by the next email."""
+    kind = EntryKind(kind).value  # ValueError on an unknown kind: caught by the tests
     return Entry.create(incident=incident, at=now, kind=kind, author=author, text=text,
                         data=data, communicated_at=None if shown else now)
 
@@ -194,12 +195,18 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
                   _capped(e.text, limit), new=e.communicated_at is None)
              for e in reversed(newest)]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
+    # The status report of the news: what the new entries learned, tried, do now, have left.
+    news_report = report.merge((e.data or {}).get("report") for e in reversed(newest)
+                               if e.communicated_at is None)
     ctx: dict[str, Any] = {
         "kind": kind,
         "incident": IncidentView(incident),
         "facts": facts,
         "updates": items,
         "earlier_updates": total - len(items),
+        "report": [(report.TITLES[k], [report.experiment_text(x) if k == "tried" else x
+                                       for x in v]) for k, v in news_report.items()],
+        "report_template": report.TEMPLATE,
         "has_news": has_news,
         "now": now,
         "elapsed": now - incident.declared_at,
@@ -616,11 +623,32 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
 
 def threshold_label(delta: timedelta) -> str:
     """An escalation key: 4h, 1d, 90m."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return compact_duration(delta, one_unit=True)
+
+
+def message_ids(incident: Incident, kind: str) -> list[str]:
+    """The Message-IDs queued for one kind of communication of the incident."""
+    return [m.message_id for m in OutMessage.select(OutMessage.message_id).where(
+        (OutMessage.incident == incident) & (OutMessage.kind == kind))]
+
+
+def listing(show_all: bool = False, drafts: bool = False) -> list[Incident]:
+    """Incidents newest first: open ones unless `show_all`; drafts only with `drafts`."""
+    q = Incident.select().order_by(Incident.id.desc())
+    if not show_all:
+        q = q.where(Incident.status != Status.RESOLVED)
+    # Drafts from alerts are not incidents until declared (nor dismissed ones ever).
+    hidden = (() if drafts and show_all else (Status.DISMISSED,) if drafts
+              else (Status.DRAFT, Status.DISMISSED))
+    return list(q.where(Incident.status.not_in(hidden)) if hidden else q)
+
+
+def mark_postmortem_done(app: Mailflow, incident: Incident, now: datetime, author: str) -> None:
+    """Record that the postmortem was held: its reminders stop."""
+    with locked(app, incident):
+        incident.postmortem_done = True
+        incident.save()
+        log(incident, now, EntryKind.POSTMORTEM, "postmortem marked done", author=author)
 
 
 def require_open(incident: Incident) -> None:
@@ -929,7 +957,10 @@ def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, 
             labels.append(f"Next communication: {when_text(at, tz)}")
         body = "\n\n".join(part for part in (text, " · ".join(labels), note.strip()) if part)
         kind = "update" if text else ("handover" if names == {"lead"} else "change")
-        data = {"changes": shown}
+        data: dict[str, Any] = {"changes": shown}
+        sections = report.read(text) if text else None
+        if sections:  # Learned / Tried / Now / Left: grouped in emails and the postmortem
+            data["report"] = sections
         if len(shown) == 1:  # the shape one-change entries always had
             data.update(shown[0])
         action.entry = log(incident, now, kind, body, author=author, shown=True, data=data)
@@ -954,7 +985,7 @@ def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author
     if not steps:
         raise InvalidInput("resolution steps are empty: say what fixed it")
     with app.db.atomic():
-        incident.status = "follow-up" if follow_up.strip() else "resolved"
+        incident.status = Status.FOLLOW_UP if follow_up.strip() else Status.RESOLVED
         incident.resolution = steps
         incident.follow_up = follow_up.strip()
         incident.resolved_at = now
@@ -1013,7 +1044,7 @@ def close(app: Mailflow, incident: Incident, now: datetime, author: str,
         raise InvalidInput(f"{incident.ref} is {incident.status}: only an incident resolved with "
                            "--follow-up is closed later")
     with app.db.atomic():
-        incident.status = "resolved"
+        incident.status = Status.RESOLVED
         incident.closed_at = now
         incident.save()
         done = note.strip() or f"Follow-up done: {incident.follow_up}"
@@ -1108,7 +1139,7 @@ def reopen(app: Mailflow, incident: Incident, now: datetime, author: str, text: 
     everyone is told at once unless `notify` is False (the caller sends the update)."""
     if incident.is_open:
         raise InvalidInput(f"{incident.ref} is open; only a resolved incident is reopened")
-    if incident.status not in ("resolved", "follow-up"):
+    if incident.status not in (Status.RESOLVED, Status.FOLLOW_UP):
         raise InvalidInput(f"{incident.ref} is {incident.status}; only a resolved incident is "
                            "reopened")
     was = incident.status
@@ -1131,7 +1162,7 @@ def remove_person(app: Mailflow, email: str, now: datetime, author: str) -> list
     address = addresses.normalise(email) or str(email).strip().lower()
     refs = []
     with app.db.atomic("IMMEDIATE"):
-        live = Incident.status.in_(("open", "draft", "follow-up"))
+        live = Incident.status.in_(LIVE)
         for incident in Incident.select().where(live):
             roles = [r for r in ROLES if getattr(incident, r) == address]
             listed = address in incident.impacted

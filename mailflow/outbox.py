@@ -28,7 +28,7 @@ import sqlite3
 import ssl
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -494,6 +494,15 @@ class Outbox:
     def pending(self) -> int:
         """How many messages are not yet sent or failed."""
         return OutMessage.select().where(OutMessage.status.in_(("queued", "sending"))).count()
+
+    def unsent(self, message_ids: Iterable[str]) -> list[OutMessage]:
+        """Of these messages, the ones not sent (yet): queued, sending, failed or bounced."""
+        wanted = list(dict.fromkeys(message_ids))
+        out: list[OutMessage] = []
+        for i in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            out.extend(OutMessage.select().where(OutMessage.message_id.in_(wanted[i:i + 500])
+                                                 & (OutMessage.status != "sent")))
+        return out
 
     def pending_now(self, now: datetime) -> bool:
         """Whether a message is queued and due at `now` (a drain should start)."""

@@ -132,8 +132,8 @@ class _Markers:
 
 
 def _duration(delta: timedelta | None) -> str:
-    """A duration for an email: never negative, even when the clock stepped back."""
-    return format_duration(max(delta or timedelta(0), timedelta(0)))
+    """A duration for an email ("—" never: no duration reads as 0 min)."""
+    return format_duration(delta or timedelta(0))
 
 
 # Bidi overrides and isolates (text that reads backwards: "txt.exe" as "exe.txt") and

@@ -26,8 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 CONTACTS = """\
 # Test directory: a comment that edits must keep.
 people:
-  - {name: Ana Lima, email: ana@example.org, expertise: [postgres, backups],
-     timezone: Europe/Zurich}
+  - {name: Ana Lima, email: ana@example.org, expertise: [postgres, backups], timezone: Europe/Zurich}
   - {name: Bob Stone, email: bob@example.org, expertise: [moodle], timezone: America/New_York}
   - {name: Chloe Martin, email: chloe@example.org, expertise: [moodle, postgres, nginx]}
   - {name: Dan Boss, email: dan@example.org}

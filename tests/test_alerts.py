@@ -23,8 +23,7 @@ from mailflow.scheduler import run_due
 from mailflow.testing import CONTACTS, Sink
 
 from .conftest import T0, write_config
-from .test_daemon import Process, send_reply, wait_for
-from .test_lifecycle import text_of
+from .helpers import Process, send_reply, text_of, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alerts"
 TOKEN = "alert-token-0123456789abcdef"

@@ -19,8 +19,7 @@ from mailflow.models import Entry, Incident, OutMessage, Recipient
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .test_inbound import posted, reply, reply_to
-from .test_lifecycle import by_rcpt, declare, text_of
+from .helpers import by_rcpt, declare, posted, reply, reply_to, text_of
 
 
 @pytest.fixture

@@ -8,25 +8,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from mailflow.cli import cli
 from mailflow.testing import Sink
 
 from .conftest import write_config
-from .test_lifecycle import text_of
-
-DECLARE = ["declare", "--service", "learn", "--severity", "P1", "--impact", "outage",
-           "--summary", "Learn platform returns 502", "--impacted", "student-council@example.org",
-           "--eta", "unknown: depends on the database restore",
-           "--started", "Restarting the DB primary", "--next-steps", "Check replication lag",
-           "--lead", "ana@example.org"]
-
-
-def run(folder: Path, *args: str, now: str = "2026-11-24T10:00:00Z") -> Result:
-    env = {"MAILFLOW_CONFIG": str(folder / "mailflow.toml"), "MAILFLOW_NOW": now,
-           "MAILFLOW_USER": "ana@example.org"}
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+from .helpers import DECLARE, run, text_of
 
 
 def test_the_readme_transcript_over_smtp(project: Path, sink: Sink, tmp_path: Path) -> None:

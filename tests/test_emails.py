@@ -20,7 +20,7 @@ from mailflow.scheduler import run_due, tick
 from mailflow.testing import Sink, SinkHandler
 
 from .conftest import T0, write_config
-from .test_lifecycle import ORANGE, declare, highlighted, html_of, text_of
+from .helpers import ORANGE, declare, highlighted, html_of, text_of
 
 PREHEADER = re.compile(r'<div class="preheader"[^>]*>(.*?)</div>', re.S)
 

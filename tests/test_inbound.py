@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from email.message import EmailMessage
 
 import pytest
 
 from mailflow import incidents as inc
 from mailflow import tokens
 from mailflow.app import Mailflow
-from mailflow.models import Entry, Incident, InMessage, OutMessage, Recipient
+from mailflow.models import Incident, InMessage, OutMessage, Recipient
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .helpers import NOW
-from .test_lifecycle import ORANGE, by_rcpt, declare, highlighted, html_of
+from .helpers import NOW, ORANGE, by_rcpt, declare, highlighted, html_of, posted, reply, reply_to
 
 
 @pytest.fixture
@@ -23,27 +21,6 @@ def incident(app: Mailflow, sink: Sink) -> Incident:
     created = declare(app)
     app.deliver_now(T0)
     return created
-
-
-def reply_to(sink: Sink, rcpt: str = "ana@example.org") -> str:
-    return by_rcpt(sink)[rcpt][0]["Reply-To"]
-
-
-def reply(body: str, sender: str = "Bob Stone <bob@example.org>", **headers: str) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = "incidents@example.org"
-    msg["Subject"] = "Re: [INC-1] ISC Learn Platform: outage"
-    msg["Message-ID"] = f"<{abs(hash((body, sender, tuple(headers.items()))))}@client.example>"
-    for key, value in headers.items():
-        msg[key.replace("_", "-")] = value
-    msg.set_content(body)
-    return msg
-
-
-def posted(incident: Incident, kind: str = "update") -> list[Entry]:
-    return list(Entry.select().where((Entry.incident == incident) & (Entry.kind == kind))
-                .order_by(Entry.id))
 
 
 def test_a_known_contact_posts_an_update(app, sink, incident, inbound) -> None:  # noqa: ANN001

@@ -30,7 +30,7 @@ from mailflow.scheduler import tick
 from mailflow.testing import Sink, SinkHandler
 
 from .conftest import T0, write_config
-from .test_lifecycle import declare, text_of
+from .helpers import declare, text_of
 
 
 def at(minutes: float) -> object:

@@ -11,7 +11,7 @@ from mailflow.scheduler import tick
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .test_lifecycle import GREEN, ORANGE, by_rcpt, declare, highlighted, html_of, text_of
+from .helpers import GREEN, ORANGE, by_rcpt, declare, highlighted, html_of, text_of
 
 YELLOW = "#fff8c5"
 

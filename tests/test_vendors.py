@@ -17,7 +17,7 @@ from mailflow.scheduler import tick
 from mailflow.testing import CONTACTS, Sink
 
 from .conftest import T0, write_config
-from .test_lifecycle import declare, html_of, text_of
+from .helpers import declare, html_of, text_of
 
 VENDORS = """\
 vendors:
@@ -74,16 +74,17 @@ def test_no_vendors_no_section(tmp_path: Path, sink: Sink) -> None:
 
 
 @pytest.mark.parametrize(("vendors", "says"), [
-    ("vendors:\n  - {name: X, services: [nope], ticket: t}\n", ":23: vendor 'X': unknown "
+    ("vendors:\n  - {name: X, services: [nope], ticket: t}\n", "{item}: vendor 'X': unknown "
      "service 'nope' (known services: api, learn)"),
-    ("vendors:\n  - {name: X, services: [learn]}\n", ":23: vendor 'X': say how to open a "
+    ("vendors:\n  - {name: X, services: [learn]}\n", "{item}: vendor 'X': say how to open a "
      "ticket (`ticket:`) or how to escalate (`escalate:`), or both"),
-    ("vendors:\n  - {name: X, ticket: t}\n", ":23: vendor 'X' has no `services:`"),
-    ("vendors:\n  - {name: X, services: [learn], phone: 1}\n", ":23: unknown key 'phone' "
+    ("vendors:\n  - {name: X, ticket: t}\n", "{item}: vendor 'X' has no `services:`"),
+    ("vendors:\n  - {name: X, services: [learn], phone: 1}\n", "{item}: unknown key 'phone' "
      "for a vendor"),
-    ("vendors: {X: y}\n", ":22: `vendors:` must be a list of vendors"),
+    ("vendors: {X: y}\n", "{head}: `vendors:` must be a list of vendors"),
 ])
 def test_bad_vendors_are_refused_with_line_and_fix(vendors: str, says: str) -> None:
     with pytest.raises(ContactsError) as caught:
         parse_contacts(CONTACTS + API + vendors, "contacts.yaml")
-    assert says in str(caught.value)
+    head = len((CONTACTS + API).splitlines()) + 1  # the `vendors:` line, then its item
+    assert says.format(head=f":{head}", item=f":{head + 1}") in str(caught.value)
