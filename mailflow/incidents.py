@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -817,7 +817,7 @@ class Phase:
     start: datetime
     end: datetime
 
-    def text(self, day: Any = None) -> str:
+    def text(self, day: date | None = None) -> str:
         """`P1 outage 10:05–11:30` (with the date of a time not on `day`)."""
         def hm(at: datetime) -> str:
             at = as_utc(at)
