@@ -88,9 +88,23 @@ def _person_data(book: Contacts, person: Person) -> dict[str, Any]:
 
 def _service_data(service: Service) -> dict[str, Any]:
     """A service as JSON-ready data; thresholds written as in contacts.yaml (4h, 1d)."""
-    return {"title": service.title, "notify": list(service.notify),
-            "escalate": {_threshold(at): list(names) for at, names in service.escalate},
-            "expertise": list(service.expertise)}
+    data: dict[str, Any] = {
+        "title": service.title, "notify": list(service.notify),
+        "escalate": {_threshold(at): list(names) for at, names in service.escalate},
+        "expertise": list(service.expertise)}
+    if service.audiences:  # `notify: {list: all|milestones}`: what each list gets, and when
+        data["audiences"] = {name: {"gets": gets, "hold": sorted(held)}
+                             for name, gets, held in service.audiences}
+    return data
+
+
+def _audience(service: dict[str, Any], name: str) -> str:
+    """`learn-users (milestones, P3 held out of hours)`, or the list's name alone."""
+    a = service.get("audiences", {}).get(name)
+    if not a:
+        return name
+    hold = f", {'/'.join(a['hold'])} held out of hours" if a["hold"] else ""
+    return f"{name} ({a['gets']}{hold})"
 
 
 def plural(count: int, one: str, many: str = "") -> str:
@@ -144,7 +158,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"services ({len(services)}):" if services else "services: none")
     for key, s in services.items():
         click.echo(f"  {key}: {s['title']}")
-        click.echo(f"    notify: {', '.join(s['notify'])}")
+        click.echo(f"    notify: {', '.join(_audience(s, n) for n in s['notify'])}")
         for at, names in s["escalate"].items():
             click.echo(f"    escalate {at}: {', '.join(names)}")
         if s["expertise"]:

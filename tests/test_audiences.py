@@ -188,3 +188,14 @@ def test_the_shipped_example_does_what_its_comments_say() -> None:
     assert learn.held("learn-users") == {"P3"} and not learn.held("stakeholders")
     assert (root / "templates" / "contacts.yaml").read_text() == \
         (root / "contacts.yaml").read_text()
+
+
+def test_contacts_list_says_what_each_list_gets(tmp_path: Path, sink: Sink) -> None:
+    (tmp_path / "contacts.yaml").write_text(CONTACTS, encoding="utf-8")
+    write_config(tmp_path, sink.port)
+    result = subprocess.run(
+        [sys.executable, "-m", "mailflow.cli", "--config", str(tmp_path / "mailflow.toml"),
+         "contacts", "list"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "notify: stakeholders (all), learn-users (milestones, P3 held out of hours)" \
+        in result.stdout
