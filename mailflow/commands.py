@@ -72,10 +72,12 @@ def impact_of(value: str) -> str | None:
 # --- what a line can be -----------------------------------------------------------------
 
 REPLY_COMMANDS = ("severity", "impact", "eta", "next update", "send now", "resolved", "reopen",
-                  "lead", "communicator", "scribe", "impacted")
+                  "lead", "communicator", "scribe", "impacted", "publish")
 DECLARATION_FIELDS = ("service", "severity", "impact", "impacted", "eta", "started",
                       "next steps", "lead")
-BARE = ("send now", "resolved", "reopen")  # commands without a value
+BARE = ("send now", "resolved", "reopen", "publish")  # commands without a value
+# Bare commands that may also take one: `publish` or `publish: other words`.
+OPTIONAL_VALUE = ("publish",)
 # Headings of a status report (mailflow.report): text, never a command or a look-alike.
 REPORT_HEADINGS = ("learned", "tried", "now", "left")
 # Stakeholders expect news at least this often; a longer wait is a typo (3000000d).
@@ -164,6 +166,8 @@ def next_update_value(value: str) -> str:
 def _values(name: str, value: str) -> list[str]:
     """The normalised values of one command; InvalidInput saying why a value is unusable."""
     value = value.strip()
+    if name in OPTIONAL_VALUE:
+        return [_one_line(value, 2000)]
     if name in BARE:
         return [""]
     if not value:
@@ -208,7 +212,7 @@ def _read_line(line: str, names: tuple[str, ...]
     if m:
         name = _words(m.group(1))
         if name in names:
-            if name in BARE:
+            if name in BARE and name not in OPTIONAL_VALUE:
                 return LookAlike(line.strip(), name)  # `resolved: yes`: say it alone
             try:
                 return [Command(name, v) for v in _values(name, m.group(2))]

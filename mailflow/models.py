@@ -92,6 +92,7 @@ class EntryKind(StrEnum):
     STRANGERS_TOLD = "strangers-told"
     REMOVED = "removed"  # a person taken off the incident
     RECIPIENT = "recipient"  # someone added to the emails: recorded, not broadcast
+    PUBLISHED = "published"  # an update put out on the external status page
 
 
 class BaseModel(Model):

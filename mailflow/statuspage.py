@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -34,8 +35,6 @@ from .render import builtin_templates
 
 if TYPE_CHECKING:
     from .app import Mailflow
-    from .posting import Outcome
-    from .replies import Reply
 
 log = logging.getLogger(__name__)
 KINDS = {"start": "investigating", "update": "identified", "solved": "resolved"}
@@ -68,13 +67,13 @@ def record(app: Mailflow, incident: Incident, kind: str, now: datetime) -> None:
                                  text=internal_text(incident, kind, now))
     mark_dirty(app)
     if app.config.status.dir is not None and incident.lead:
-        ask_to_publish(app, incident, update, now)
+        ask_to_publish(app, incident, incident.lead, update, now)
 
 
-def ask_to_publish(app: Mailflow, incident: Incident, update: StatusUpdate,
+def ask_to_publish(app: Mailflow, incident: Incident, address: str, update: StatusUpdate,
                    now: datetime) -> None:
     """The lead decides what the outside world reads: a reply `publish` puts it out."""
-    lead = inc.add_recipient(app, incident, incident.lead, "as the incident lead", now)
+    lead = inc.add_recipient(app, incident, address, "as the incident lead", now)
     inc.communicate(app, incident, "notice", now, to=[lead], marks_sent=False,
                     title=f"Publish the {update.kind} of {incident.ref} on the status page?",
                     paragraphs=[
@@ -102,6 +101,11 @@ def publish(app: Mailflow, incident: Incident, now: datetime, author: str,
     pending.public_text = " ".join(text.split()) if text.strip() else pending.text
     if not pending.public_text:
         raise InvalidInput("publish: the text is empty")
+    private = private_words(app, pending.public_text)
+    if private:
+        raise InvalidInput(
+            f"publish: the text names {', '.join(private)}; anyone can read the status page, "
+            "so say it without names or addresses: `publish: other words` (or --text)")
     pending.published_at, pending.published_by = now, author
     pending.save()
     # Earlier pending updates are superseded: the external page moves on to this one.
@@ -109,36 +113,27 @@ def publish(app: Mailflow, incident: Incident, now: datetime, author: str,
         (StatusUpdate.incident == incident) & StatusUpdate.published_at.is_null()
         & (StatusUpdate.id < pending.id)).execute()
     inc.log(incident, now, "published", f"status page: {pending.public_text}", author=author)
+    from . import subscribers
+    sent = subscribers.notify(app, incident, pending, now)
+    if sent:
+        inc.log(incident, now, "email", f"published update queued to {sent} subscriber(s)",
+                author="mailflow", data={"kind": "subscriber", "count": sent})
     mark_dirty(app)
     return pending
 
 
-def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, mail_from: str,
-                 now: datetime) -> Outcome | None:
-    """`publish` or `publish: other words` from the lead; None if the reply is not one."""
-    from .models import InMessage
-    from .posting import Outcome
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
-    first = next((line.strip() for line in reply.text.split("\n") if line.strip()), "")
-    head, colon, rest = first.partition(":")
-    if head.strip().lower() != "publish" or (not colon and rest):
-        return None
-    sender = reply.sender
-    allowed = sender in {incident.lead, incident.communicator} or app.contacts.knows(sender)
-    if not allowed or reply.is_auto_reply or reply.is_bounce:
-        return None  # the normal path refuses or ignores it
-    with inc.locked(app, incident):
-        try:
-            update = publish(app, incident, now, sender, rest)
-            outcome = Outcome(250, f"2.0.0 published on the status page: {update.public_text}"
-                              [:200], "published")
-        except (NotFound, InvalidInput) as exc:
-            inc.log(incident, now, "note", f"publish refused: {exc}", author=sender)
-            outcome = Outcome(250, f"2.0.0 not published: {exc}", "note")
-        InMessage.create(incident=incident, received_at=now, mail_from=mail_from,
-                         sender=sender, message_id=reply.message_id, content=raw,
-                         outcome=outcome.outcome)
-    return outcome
+
+def private_words(app: Mailflow, text: str) -> list[str]:
+    """Addresses and the names of contacts.yaml's people found in `text` (must stay inside)."""
+    found = _ADDRESS.findall(text)
+    lowered = text.lower()
+    for person in app.contacts.people.values():
+        name = (person.name or "").strip()
+        if len(name) >= 3 and re.search(rf"(?<!\w){re.escape(name.lower())}(?!\w)", lowered):
+            found.append(name)
+    return list(dict.fromkeys(found))
 
 
 # --- the pages ----------------------------------------------------------------------------
@@ -181,9 +176,22 @@ class View:
 
     @property
     def status(self) -> str:
+        """Externally what the last published update said; internally the incident's state."""
+        if self.external:
+            return self.updates[-1].status if self.updates else "investigating"
         if self.incident.status != "open":
             return "resolved"
         return self.updates[-1].status if self.updates else "investigating"
+
+    @property
+    def is_open(self) -> bool:
+        """Open for this audience: outside, until the solved update is published."""
+        return self.status != "resolved"
+
+    @property
+    def resolved_at(self) -> datetime | None:
+        """When it ended, once this audience has been told so."""
+        return None if self.is_open else self.incident.resolved_at
 
     def body(self, update: StatusUpdate) -> str:
         return (update.public_text or "") if self.external else update.text
@@ -217,7 +225,7 @@ def components(app: Mailflow, shown: list[View]) -> list[dict[str, Any]]:
     for position, (key, svc) in enumerate(sorted(app.contacts.services.items()), start=1):
         status = "operational"
         for v in shown:
-            if v.incident.service == key and v.incident.status == "open":
+            if v.incident.service == key and v.is_open:
                 worse = component_status(v.incident)
                 order = list(COMPONENT_LABEL)
                 status = max(status, worse, key=order.index)
@@ -233,7 +241,7 @@ def _incident_json(v: View, page_id: str, base: str) -> dict[str, Any]:
         "id": v.ref, "name": v.name, "status": v.status, "impact": IMPACT[i.severity],
         "created_at": _iso(i.declared_at), "started_at": _iso(i.declared_at),
         "updated_at": _iso(v.updates[-1].at if v.updates else i.declared_at),
-        "monitoring_at": None, "resolved_at": _iso(i.resolved_at), "page_id": page_id,
+        "monitoring_at": None, "resolved_at": _iso(v.resolved_at), "page_id": page_id,
         "shortlink": f"{base}incidents/{v.ref}.html",
         "incident_updates": [{
             "id": f"{v.ref}-{u.id}", "incident_id": v.ref, "status": u.status,
@@ -253,9 +261,10 @@ def documents(app: Mailflow, now: datetime, external: bool) -> dict[str, Any]:
     title = app.config.status.title
     shown = views(app, now, external)
     comps = components(app, shown)
-    page = {"id": "external" if external else "internal", "name": title, "url": "",
-            "time_zone": "Etc/UTC", "updated_at": _iso(now)}
-    incidents = [_incident_json(v, page["id"], "") for v in shown]
+    page_id = "external" if external else "internal"
+    page = {"id": page_id, "name": title, "url": "", "time_zone": "Etc/UTC",
+            "updated_at": _iso(now)}
+    incidents = [_incident_json(v, page_id, "") for v in shown]
     unresolved = [i for i in incidents if i["status"] != "resolved"]
     indicator = max((i["impact"] for i in unresolved), key=INDICATOR_RANK.index, default="none")
     description = "All Systems Operational" if indicator == "none" else \
@@ -321,8 +330,8 @@ def write(app: Mailflow, now: datetime) -> list[Path]:
                   "components": docs["summary"]["components"], "labels": COMPONENT_LABEL,
                   "status": docs["summary"]["status"]}
         pages = {root / "index.html": env.get_template("index.html").render(
-            **common, open=[v for v in shown if v.incident.status == "open"],
-            past=[v for v in shown if v.incident.status != "open"], base="")}
+            **common, open=[v for v in shown if v.is_open],
+            past=[v for v in shown if not v.is_open], base="")}
         for v in shown:
             pages[root / "incidents" / f"{v.ref}.html"] = env.get_template("incident.html") \
                 .render(**common, v=v, base="../")

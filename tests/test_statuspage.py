@@ -21,7 +21,7 @@ from mailflow.config import load_config
 from mailflow.testing import Sink
 
 from .conftest import T0, write_config
-from .test_daemon import Process, send_reply, wait_for
+from .helpers import Process, send_reply, text_of, wait_for
 
 
 class Text(HTMLParser):
@@ -149,19 +149,57 @@ def test_publish_by_reply_through_the_daemon(tmp_path: Path, sink: Sink) -> None
     assert run(tmp_path, "declare", "--service", "learn", "--severity", "P2", "--impact",
                "degraded", "--summary", "Slow logins", "--lead", "ana@example.org").exit_code == 0
     reply_to = sink.messages()[0]["Reply-To"]
+    ext = site / "external" / "incidents" / "INC-1.html"
     daemon = Process(tmp_path, {"MAILFLOW_NOW": (T0 + timedelta(minutes=3)).isoformat()})
     try:
+        port = daemon.port or 0
         # A stranger cannot publish (and does not post either).
-        assert send_reply(daemon.port or 0, reply_to, "publish", sender="zoe@example.org") == 550
-        assert send_reply(daemon.port or 0, reply_to,
+        assert send_reply(port, reply_to, "publish", sender="zoe@example.org") == 550
+        # A list on the emails may add text, not publish: the line is posted as text.
+        assert send_reply(port, reply_to, "publish", sender="ops-team@example.org") == 250
+        # Names and addresses never reach the public page: refused, and the lead is told.
+        assert send_reply(port, reply_to, "publish: Ana Lima is restarting db-1",
+                          sender="ana@example.org") == 250
+        wait_for(lambda: any("names Ana Lima" in text_of(m) for m in sink.messages()
+                             if "ana@example.org" in m["To"]), what="the refusal receipt")
+        assert not ext.exists()
+        assert send_reply(port, reply_to,
                           "publish: Logins are slow; we are on it", sender="ana@example.org") == 250
-        ext = site / "external" / "incidents" / "INC-1.html"
         wait_for(ext.exists, what="the external page")
         assert "Logins are slow; we are on it" in page(ext).text
         summary = json.loads((site / "external/api/v2/summary.json").read_text())
         assert summary["components"][0]["status"] == "degraded_performance"
+        assert summary["incidents"][0]["incident_updates"][0]["body"] == \
+            "Logins are slow; we are on it"
+
+        # Resolved: the outside still sees it open until the solved update is published.
+        assert send_reply(port, reply_to, "resolved\n\nCache flushed",
+                          sender="ana@example.org") == 250
+        internal = site / "internal" / "api/v2/summary.json"
+        wait_for(lambda: json.loads(internal.read_text())["incidents"] == [],
+                 what="the internal page to show it resolved")
+        summary = json.loads((site / "external/api/v2/summary.json").read_text())
+        assert [i["status"] for i in summary["incidents"]] == ["investigating"]
+        assert send_reply(port, reply_to, "publish: Logins are fast again",
+                          sender="ana@example.org") == 250
+        wait_for(lambda: json.loads((site / "external/api/v2/summary.json").read_text())
+                 ["incidents"] == [], what="the external page to show it resolved")
+        assert "Logins are fast again" in page(site / "external" / "index.html").text \
+            or "Logins are fast again" in page(ext).text
+        assert page(ext).text.count("resolved") >= 1
     finally:
         daemon.close()
+    timeline = run(tmp_path, "show", "INC-1").output
+    assert "published" in timeline and "ops-team@example.org" in timeline
+
+
+def test_publish_is_a_reply_command() -> None:
+    from mailflow import commands
+
+    assert commands.parse("publish\n\nthanks").commands == (commands.Command("publish", ""),)
+    assert commands.parse("Publish: Logins are slow").commands == (
+        commands.Command("publish", "Logins are slow"),)
+    assert commands.parse("publsh").lookalikes[0].suggestion == "publish"
 
 
 def test_a_failing_after_write_is_retried_and_never_blocks_mail(tmp_path: Path,
