@@ -710,9 +710,10 @@ cli.add_command(contacts)
 
 
 def _register_alerts() -> None:
-    from .alerts_cli import alert, publish
+    from .alerts_cli import alert, publish, subscribers
     cli.add_command(alert)
     cli.add_command(publish)
+    cli.add_command(subscribers)
 
 
 _register_alerts()

@@ -417,6 +417,9 @@ def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
     """An email to the base address from a known contact declares an incident."""
     if reply.is_bounce or reply.is_auto_reply:
         return Outcome(250, "2.0.0 auto-reply ignored", "auto-reply")
+    from . import subscribers  # anyone may (un)subscribe, by a line of its own
+    if (subscription := subscribers.accept_base(app, reply, raw, mail_from, now)) is not None:
+        return subscription
     sender = reply.sender
     if not sender or not app.contacts.knows(sender):
         return Outcome(550, f"5.7.1 {sender or 'this sender'} may not declare incidents: "

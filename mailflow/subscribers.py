@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .errors import InvalidInput, MailflowError
-from .models import Incident, InMessage, OutMessage, StatusUpdate, Subscriber
+from .models import Incident, InMessage, StatusUpdate, Subscriber
 from .render import one_line
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 _ASK = re.compile(r"^\s*(subscribe|unsubscribe)\b\s*([\w.-]*)\s*$", re.I)
 _TOKEN = re.compile(r"\b(confirm|unsubscribe)[- ]([0-9]{1,12})-([0-9a-f]{24})\b", re.I)
 ACTIONS = ("confirm", "unsubscribe", "unsubscribe-confirm")
+RESEND_AFTER = timedelta(hours=1)
 
 
 def token(subscriber_id: int, action: str, secret: str) -> str:
@@ -56,6 +57,7 @@ def check_token(app: Mailflow, value: str, action: str, now: datetime) -> Subscr
 def _queue(app: Mailflow, to: str, subject: str, body: str, now: datetime,
            headers: dict[str, str] | None = None, incident: Incident | None = None,
            kind: str = "subscription") -> None:
+    """Queue one plain-text email through the outbox (durable, retried like the rest)."""
     cfg = app.config
     msg = EmailMessage(policy=SMTP)
     msg["From"] = cfg.sender
@@ -65,22 +67,27 @@ def _queue(app: Mailflow, to: str, subject: str, body: str, now: datetime,
     msg["Date"] = format_datetime(now)
     message_id = make_msgid(domain=cfg.reply_domain)
     msg["Message-ID"] = message_id
-    msg["Auto-Submitted"] = "auto-generated"
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: auto-responders stay quiet
     for key, value in (headers or {}).items():
         msg[key] = one_line(value)
     msg.set_content(body)
-    OutMessage.create(incident=incident, kind=kind, recipient=to, envelope_from="",
-                      message_id=message_id, content=msg.as_bytes(), created_at=now,
-                      next_attempt_at=now)
+    # Confirmations answer a request: null envelope sender, as for any auto-reply. Updates
+    # bounce back to the base address, where bounces are recognised and dropped.
+    envelope_from = cfg.reply_to if kind == "subscriber" else ""
+    app.outbox.enqueue(incident.id if incident is not None else None, kind, envelope_from,
+                       [(to, message_id, msg.as_bytes())], now)
 
 
 def request(app: Mailflow, email: str, service: str, now: datetime) -> Subscriber:
     """Start a subscription: pending until the confirmation email is answered."""
     svc = app.contacts.service(service)
-    sub, _ = Subscriber.get_or_create(email=email, service=svc.key,
-                                      defaults={"requested_at": now})
+    email = email.strip().lower()
+    sub, created = Subscriber.get_or_create(email=email, service=svc.key,
+                                            defaults={"requested_at": now})
     if sub.status == "active":
         return sub
+    if sub.status == "pending" and not created and now - sub.requested_at < RESEND_AFTER:
+        return sub  # one confirmation an hour: a forged From cannot flood a mailbox
     sub.status, sub.requested_at = "pending", now
     sub.save()
     t = token(sub.id, "confirm", app.config.secret)
@@ -151,7 +158,7 @@ def accept_base(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
                     result = Outcome(250, "2.0.0 unsubscribed", "unsubscribed")
                 else:
                     result = Outcome(250, "2.0.0 unknown unsubscribe code", "note")
-        else:
+        elif ask is not None:
             verb, service = ask.group(1).lower(), ask.group(2)
             try:
                 if verb == "subscribe":
@@ -213,3 +220,44 @@ def notify(app: Mailflow, incident: Incident, update: StatusUpdate, now: datetim
                "unsubscribe button or reply with `unsubscribe`.\n",
                now, headers=list_headers(app, sub), incident=incident, kind="subscriber")
     return len(subs)
+
+
+def import_addresses(app: Mailflow, service: str, addresses: list[str],
+                     now: datetime) -> tuple[int, list[str]]:
+    """Add an existing list as active subscribers; (added, skipped because unsubscribed).
+
+    The operator vouches for these addresses, so there is no confirmation; but an address
+    that unsubscribed stays out: only its own new confirmation brings it back.
+    """
+    from .addresses import normalise, problem, rules_of
+
+    svc = app.contacts.service(service)
+    added, skipped = 0, []
+    with app.db.atomic("IMMEDIATE"):
+        for number, raw in enumerate(addresses, start=1):
+            email = normalise(raw.strip()) if raw.strip() else ""
+            if not raw.strip() or raw.strip().startswith("#"):
+                continue
+            why = problem(email, rules_of(app.config)) if email else "not an email address"
+            if why:
+                raise InvalidInput(f"line {number}: {raw.strip()!r}: {why}; nothing was imported")
+            sub, created = Subscriber.get_or_create(
+                email=email, service=svc.key,
+                defaults={"requested_at": now, "status": "active", "confirmed_at": now})
+            if created:
+                added += 1
+            elif sub.status == "unsubscribed":
+                skipped.append(email)
+            elif sub.status == "pending":
+                sub.status, sub.confirmed_at = "active", now
+                sub.save()
+                added += 1
+    return added, skipped
+
+
+def listing(service: str | None = None) -> list[Subscriber]:
+    """Subscribers, by service then address."""
+    q = Subscriber.select()
+    if service:
+        q = q.where(Subscriber.service == service)
+    return list(q.order_by(Subscriber.service, Subscriber.email))

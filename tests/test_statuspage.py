@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import smtplib
-import time
 from datetime import timedelta
-from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
 
