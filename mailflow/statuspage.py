@@ -193,6 +193,10 @@ class View:
         """When it ended, once this audience has been told so."""
         return None if self.is_open else self.incident.resolved_at
 
+    def when(self, update: StatusUpdate) -> datetime:
+        """When this audience was told: outside, the moment it was published."""
+        return update.published_at if self.external and update.published_at else update.at
+
     def body(self, update: StatusUpdate) -> str:
         return (update.public_text or "") if self.external else update.text
 
@@ -240,13 +244,13 @@ def _incident_json(v: View, page_id: str, base: str) -> dict[str, Any]:
     return {
         "id": v.ref, "name": v.name, "status": v.status, "impact": IMPACT[i.severity],
         "created_at": _iso(i.declared_at), "started_at": _iso(i.declared_at),
-        "updated_at": _iso(v.updates[-1].at if v.updates else i.declared_at),
+        "updated_at": _iso(v.when(v.updates[-1]) if v.updates else i.declared_at),
         "monitoring_at": None, "resolved_at": _iso(v.resolved_at), "page_id": page_id,
         "shortlink": f"{base}incidents/{v.ref}.html",
         "incident_updates": [{
             "id": f"{v.ref}-{u.id}", "incident_id": v.ref, "status": u.status,
             "body": v.body(u), "created_at": _iso(u.at), "updated_at": _iso(u.at),
-            "display_at": _iso(u.published_at if v.external and u.published_at else u.at),
+            "display_at": _iso(v.when(u)),
             "affected_components": [{"code": i.service, "name": i.service_title,
                                      "new_status": component_status(i)
                                      if u.status != "resolved" else "operational"}],

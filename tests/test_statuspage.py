@@ -104,6 +104,9 @@ def test_internal_every_communication_external_only_published(tmp_path: Path,
                           "resolved_at", "shortlink", "incident_updates", "components"}
     assert first["status"] == "investigating" and first["impact"] == "major"
     assert [u["body"] for u in first["incident_updates"]] == ["Learn is down; we are restoring it"]
+    # Outside, an update is dated when it was published (the start went out at 10:00).
+    assert first["incident_updates"][0]["display_at"] == "2026-11-24T10:05:00Z"
+    assert first["incident_updates"][0]["created_at"] == "2026-11-24T10:00:00Z"
     assert set(first["incident_updates"][0]) >= {"id", "status", "body", "created_at",
                                                  "display_at", "affected_components"}
 
