@@ -81,6 +81,12 @@ def test_internal_every_communication_external_only_published(tmp_path: Path,
            "Publish the start" in m.get_body(("plain",)).get_content()]
     assert ask and ask[0]["To"].endswith("ana@example.org>")
 
+    refused = CliRunner().invoke(
+        cli, ["publish", "INC-1", "--text", "Chloe Martin (chloe@example.org) is restoring it"],
+        env={"MAILFLOW_CONFIG": str(tmp_path / "mailflow.toml"), "MAILFLOW_NOW": T0.isoformat()})
+    assert refused.exit_code == 1
+    assert "names chloe@example.org, Chloe Martin" in refused.output
+    assert not (external / "incidents" / "INC-1.html").exists()
     r = run(tmp_path, "publish", "INC-1", "--text", "Learn is down; we are restoring it",
             now=T0 + timedelta(minutes=5))
     assert r.exit_code == 0, r.output

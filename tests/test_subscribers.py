@@ -173,3 +173,14 @@ def test_unsubscribe_by_mailto_and_by_asking(tmp_path: Path, sink: Sink) -> None
         assert status_of(tmp_path, "yan@outside.example") == "unsubscribed"
     finally:
         daemon.close()
+
+
+def test_a_bad_import_line_imports_nothing_and_says_where(tmp_path: Path, sink: Sink) -> None:
+    setup(tmp_path, sink)
+    (tmp_path / "list.txt").write_text("zoe@outside.example\nyan at outside\n")
+    env = {"MAILFLOW_CONFIG": str(tmp_path / "mailflow.toml"), "MAILFLOW_NOW": T0.isoformat()}
+    r = CliRunner().invoke(cli, ["subscribers", "import", "learn", str(tmp_path / "list.txt")],
+                           env=env)
+    assert r.exit_code == 1
+    assert "line 2: 'yan at outside'" in r.output and "nothing was imported" in r.output
+    assert "no subscribers" in run(tmp_path, "subscribers")
