@@ -125,6 +125,10 @@ def test_subscribe_confirm_publish_and_one_click_unsubscribe(tmp_path: Path,
         except urllib.error.HTTPError as exc:
             assert exc.code == 400
         assert status_of(tmp_path, "zoe@outside.example") == "active"
+        # Opening the link (or a link scanner fetching it) changes nothing: a button.
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert b'method="post"' in resp.read()
+        assert status_of(tmp_path, "zoe@outside.example") == "active"
         # RFC 8058: the provider POSTs List-Unsubscribe=One-Click; effective at once.
         req = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST",
                                      headers={"Content-Type":
