@@ -135,6 +135,10 @@ def accept_base(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
         return None
     if reply.is_auto_reply or reply.is_bounce or not reply.sender:
         return Outcome(250, "2.0.0 auto-reply ignored", "auto-reply")
+    from .receipts import _ours
+    if _ours(app, reply.sender):
+        # A forged "subscribe" from our own address would confirm itself by mail.
+        return Outcome(250, "2.0.0 mailflow's own address cannot subscribe", "refused")
     with app.db.atomic("IMMEDIATE"):
         if m:
             action = m.group(1).lower()
@@ -185,6 +189,11 @@ def _ask_unsubscribe(app: Mailflow, email: str, service: str, now: datetime) -> 
     if service:
         q = q.where(Subscriber.service == service)
     subs = list(q)
+    if InMessage.select().where(
+            (InMessage.sender == email) & (InMessage.outcome == "unsubscribe requested")
+            & (InMessage.received_at > now - RESEND_AFTER)).exists():
+        # One question an hour, as for subscribing: a forged From cannot flood a mailbox.
+        return Outcome(250, "2.0.0 a confirmation was sent within the hour", "note")
     for sub in subs:
         # A From line can be forged: the mailbox itself confirms, as for subscribing.
         t = token(sub.id, "unsubscribe-confirm", app.config.secret)

@@ -102,6 +102,9 @@ def test_subscribe_confirm_publish_and_one_click_unsubscribe(tmp_path: Path,
         assert send(port, "zoe@outside.example", f"Re: {ask['Subject']}") == 250
         assert status_of(tmp_path, "zoe@outside.example") == "active"
         assert len(to(sink, "zoe@outside.example")) == 1
+        # Our own address never subscribes (it would confirm itself by mail).
+        assert send(port, BASE, "subscribe learn") == 250
+        assert BASE not in run(tmp_path, "subscribers")
 
         declare_and_publish(tmp_path, "Learn is down; we are restoring it")
         update = to(sink, "zoe@outside.example")[-1]
@@ -171,10 +174,12 @@ def test_unsubscribe_by_mailto_and_by_asking(tmp_path: Path, sink: Sink) -> None
         wait_for(lambda: any("[confirm " in str(m["Subject"])
                              for m in to(sink, "yan@outside.example")), what="the question")
         assert status_of(tmp_path, "yan@outside.example") == "active"
+        assert send(port, "yan@outside.example", "unsubscribe") == 250  # asked again: no mail
         question = next(m for m in to(sink, "yan@outside.example")
                         if "[confirm " in str(m["Subject"]))
         assert send(port, "yan@outside.example", f"Re: {question['Subject']}") == 250
         assert status_of(tmp_path, "yan@outside.example") == "unsubscribed"
+        assert sum("[confirm " in str(m["Subject"]) for m in to(sink, "yan@outside.example")) == 1
     finally:
         daemon.close()
 
