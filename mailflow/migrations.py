@@ -285,6 +285,39 @@ def _m0008_outbox_priority_and_failure_notice(db: Database, migrator: SchemaMigr
     _add_column(db, migrator, "outmessage", "failure_told_at", DateTimeField(null=True))
 
 
+def _m0009_imap_messages(db: Database, migrator: SchemaMigrator) -> None:
+    """Mail read from an IMAP mailbox: each message applied once, and whether it can be read."""
+
+    class Base(Model):
+        class Meta:
+            database = db
+
+    class ImapMessage(Base):
+        id = AutoField()
+        mailbox = CharField()
+        uidvalidity = IntegerField()
+        uid = IntegerField()
+        message_id = CharField()
+        outcome = CharField()
+        at = DateTimeField()
+
+        class Meta:
+            table_name = "imapmessage"
+            indexes = ((("mailbox", "uidvalidity", "uid"), True),
+                       (("mailbox", "message_id"), False))
+
+    class ImapState(Base):
+        mailbox = CharField(primary_key=True)
+        down_since = DateTimeField(null=True)
+        error = TextField(default="")
+        checked_at = DateTimeField(null=True)
+
+        class Meta:
+            table_name = "imapstate"
+
+    db.create_tables([ImapMessage, ImapState], safe=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
@@ -295,6 +328,7 @@ MIGRATIONS: list[Migration] = [
     Migration("0007_inmessage_digest", _m0007_inmessage_digest),
     Migration("0008_outbox_priority_and_failure_notice",
               _m0008_outbox_priority_and_failure_notice),
+    Migration("0009_imap_messages", _m0009_imap_messages),
 ]
 
 
