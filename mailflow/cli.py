@@ -15,7 +15,7 @@ from typing import Any
 import click
 import peewee
 
-from . import clock
+from . import clock, composition
 from . import incidents as inc
 from .app import Mailflow
 from .clock import parse_duration
@@ -547,7 +547,7 @@ def preview(state: State, ref: str, kind: str, out: Path | None, as_text: bool) 
                      resolution=incident.resolution or "(resolution steps)",
                      follow_up=incident.follow_up, ended_at=ended,
                      duration=ended - incident.declared_at)
-    ctx = inc.context(app, incident, kind, now, **extra)
+    ctx = composition.context(app, incident, kind, now, **extra)
     person = Personal(email=incident.lead or "you@example.org",
                       name="", reason="as a preview")
     body = (app.renderer.text(kind, ctx, person) if as_text
