@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .addresses import Rules, normalise, problem
+from .addresses import Rules, check
 from .clock import compact_duration, parse_duration
 from .errors import InvalidInput
 from .quotes import tidy as _tidy
@@ -135,13 +135,7 @@ def _one_line(value: str, limit: int) -> str:
 
 
 def _address(value: str, what: str) -> str:
-    address = normalise(value)
-    why = problem(address, _FORM) if address else (
-        "it has no @" if "@" not in value else problem(value.strip().lower(), _FORM)
-        or "write it as name@example.org")
-    if why:
-        raise InvalidInput(f"{value.strip()!r} is not an email address for {what}: {why}")
-    return address
+    return check(value.strip(), f"`{what}:`", _FORM)
 
 
 def next_update_value(value: str) -> str:

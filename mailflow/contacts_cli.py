@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from .addresses import Rules, normalise, problem, rules_of
+from .addresses import Rules, lookup_key, problem, rules_of
 from .clock import compact_duration
 from .config import find_config, load_config
 from .contacts import (
@@ -59,9 +59,7 @@ def _rules(ctx: click.Context) -> Rules:
     return rules_of(load_config(Path(config_path)))
 
 
-def _address(text: str) -> str:
-    """Lowercased bare address from "addr" or "Name <addr>"."""
-    return normalise(text) or text.strip().lower()
+_address = lookup_key
 
 
 _threshold = compact_duration  # a threshold as written in contacts.yaml: 30m, 4h, 1h30m
