@@ -299,17 +299,16 @@ def tick(state: State) -> None:
     Example:
       MAILFLOW_NOW=2026-11-24T11:00:00Z mailflow tick
     """
-    from .scheduler import run_due
+    from . import scheduler
 
-    app, now = state.app, clock.now()
-    report = run_due(app, now)
+    report = scheduler.tick(state.app, clock.now())
     for line in report.done:
         click.echo(f"done: {line}")
-    delivery = app.deliver_now(now)
+    delivery = report.delivery
+    assert delivery is not None  # tick always drains
     click.echo(f"sent {delivery.sent}, retrying {delivery.retrying}, failed {delivery.failed}")
-    errors = report.errors + delivery.errors
-    if errors:
-        raise MailflowError("; ".join(errors))
+    if report.errors:
+        raise MailflowError("; ".join(report.errors))
 
 
 @cli.command()
