@@ -448,6 +448,7 @@ def list_(state: State, as_json: bool, show_all: bool, drafts: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    _inbound_warning(state.app)
     if not rows:
         click.echo("no incidents" if show_all else "no open incidents (--all shows resolved ones)")
     for r in rows:
@@ -472,9 +473,21 @@ def show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    _inbound_warning(state.app)
     now = clock.now()
     for line in show_lines(data, now.date(), now):
         click.echo(line)
+
+
+def _inbound_warning(app: Mailflow) -> None:
+    """On stderr, when the replies' mailbox cannot be read ([inbound] mode = "imap")."""
+    if app.config.inbound.mode != "imap":
+        return
+    from .imap import status_line
+
+    line = status_line(app)
+    if line:
+        click.echo(f"warning: {line}", err=True)
 
 
 def show_lines(data: dict[str, Any], today: date, now: datetime | None = None) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 
@@ -286,3 +285,31 @@ def test_xoauth2_login_against_dovecot_oauth2_passdb(httpserver, mailbox_app, si
         assert tokens == [["good-token"], ["expired-token"]], "Dovecot asked the endpoint"
     finally:
         server.close()
+
+
+def test_show_and_list_say_since_when_replies_cannot_be_read(tmp_path, sink) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from mailflow.cli import cli
+    from mailflow.testing import write_config
+
+    from .dovecot import free_port
+
+    nothing_there = free_port()
+    path = write_config(tmp_path, sink.port, extra=(
+        f'[inbound]\nmode = "imap"\n[imap]\nhost = "127.0.0.1"\nport = {nothing_there}\n'
+        'tls = "none"\nusername = "replies"\npassword = "pw"\n'))
+    app = Mailflow(load_config(path))
+    try:
+        declare(app)
+        r = reader(app, backoff_max=0.5, timeout=5)
+        r.start()
+        assert r.wait_for(lambda: r.up is False)
+        r.stop()
+    finally:
+        app.close()
+    for args in (["list"], ["show", "INC-1"]):
+        result = CliRunner().invoke(cli, ["--config", str(path), *args])
+        assert result.exit_code == 0, result.output
+        assert "warning: replies cannot be read since 2026-11-24 10:" in result.stderr
+        assert "replies@127.0.0.1/INBOX: [Errno 111] Connection refused" in result.stderr
