@@ -313,3 +313,60 @@ def test_show_and_list_say_since_when_replies_cannot_be_read(tmp_path, sink) -> 
         assert result.exit_code == 0, result.output
         assert "warning: replies cannot be read since 2026-11-24 10:" in result.stderr
         assert "replies@127.0.0.1/INBOX: [Errno 111] Connection refused" in result.stderr
+
+
+def test_serve_reads_replies_from_the_mailbox(tmp_path, sink, dovecot) -> None:  # noqa: ANN001
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from mailflow.testing import write_config
+
+    from .helpers import text_of, wait_for
+
+    path = write_config(tmp_path, sink.port, extra=(
+        f'[inbound]\nmode = "imap"\n[imap]\nhost = "127.0.0.1"\nport = {dovecot.port}\n'
+        f'tls = "none"\nusername = "{dovecot.user}"\npassword = "{dovecot.password}"\n'))
+    env = {**os.environ, "MAILFLOW_NOW": T0.isoformat()}
+    subprocess.run([sys.executable, "-m", "mailflow.cli", "--config", str(path), "declare",
+                    "--service", "learn", "--severity", "P1", "--impact", "outage",
+                    "--summary", "Learn returns 502", "--lead", "ana@example.org",
+                    "--queue-only"], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "mailflow.cli", "--config", str(path),
+                             "serve", "--tick", "0.2"], env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+
+    reader_thread = threading.Thread(target=read, daemon=True)
+    reader_thread.start()
+    try:
+        wait_for(lambda: len(sink.received) == 2, what="the queued start emails")
+        wait_for(lambda: any("reading replies from replies@127.0.0.1/INBOX" in line
+                             for line in lines), what="the reader to log in")
+        to = sink.received[0].message["Reply-To"]
+        dovecot.append(reply("send now\n\nIndex rebuilt, app servers back", to,
+                             sender="ana@example.org", n=10))
+        wait_for(lambda: len(sink.received) >= 4, what="the update sent at once")
+        kinds = sorted(r.message["X-Mailflow-Kind"] for r in sink.received[2:])
+        assert "update" in kinds
+        update = next(r.message for r in sink.received[2:]
+                      if r.message["X-Mailflow-Kind"] == "update")
+        assert "Index rebuilt, app servers back" in text_of(update)
+        wait_for(lambda: len(dovecot.uids(POSTED)) == 1, what="the move to mailflow/posted")
+        assert not any("listening for replies" in line for line in lines), "no SMTP port"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(15)
+        reader_thread.join(5)
+        assert proc.stderr is not None
+        proc.stderr.close()
