@@ -166,6 +166,7 @@ def contacts_yaml(n: int) -> str:
         "people:\n" + "\n".join(people) + "\n"
         "lists:\n  everyone:\n" + members + "\n"
         "services:\n  learn:\n    title: ISC Learn Platform\n    notify: [everyone]\n"
+        f"    oncall: [{address(0)}]\n"  # leads by default, and is on the list already
     )
 
 
