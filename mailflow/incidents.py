@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from peewee import chunked
+
 from . import addresses, commands
 from .addresses import STRICT, Rules, rules_of
 from .clock import as_utc, format_duration, parse_duration
@@ -310,6 +312,41 @@ def add_recipient(app: Mailflow, incident: Incident, address: str, reason: str,
                             reason=reason, added_at=now)
 
 
+def add_recipients(app: Mailflow, incident: Incident, wanted: Iterable[tuple[str, str]],
+                   now: datetime) -> None:
+    """`add_recipient` for many (address, reason) pairs: one SELECT, a few bulk INSERTs.
+
+    A declaration to 10,000 people ran 20,000 statements one by one; the outcome is the same
+    (validated first, the first reason kept, someone inactive made active again by a reason).
+    """
+    rules = rules_of(app.config)
+    reasons: dict[str, str] = {}
+    revive: set[str] = set()
+    for address, reason in wanted:
+        email = check_address(address, rules=rules)
+        reasons.setdefault(email, reason)
+        if reason:
+            revive.add(email)
+    if not reasons:
+        return
+    known = {r.email: r.status for r in Recipient.select(Recipient.email, Recipient.status)
+             .where(Recipient.incident == incident)}
+    back = [e for e in revive if e in known and known[e] != "active"]
+    if back:
+        Recipient.update(status="active").where(
+            (Recipient.incident == incident) & Recipient.email.in_(back)).execute()
+    rows = []
+    for email, reason in reasons.items():
+        if email not in known:
+            person = app.contacts.person(email)
+            rows.append((incident.id, email, person.name if person else "", reason, now))
+    fields = [Recipient.incident, Recipient.email, Recipient.name, Recipient.reason,
+              Recipient.added_at]
+    # 150 rows of 5 values stay under SQLite's oldest limit of 999 bound parameters.
+    for batch in chunked(rows, 150):
+        Recipient.insert_many(batch, fields=fields).execute()
+
+
 def personal(app: Mailflow, recipient: Recipient) -> Personal:
     """A recipient with what contacts.yaml knows about them (name, time zone)."""
     person = app.contacts.person(recipient.email)
@@ -385,11 +422,14 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
                            [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
                            expires_at=expires_at, priority=PRIORITY.get(kind, 0))
-        for o in outgoing:
-            r = by_email[o.recipient.email]
-            if not r.first_message_id and not own_thread:
-                Recipient.update(first_message_id=o.message_id).where(
-                    Recipient.id == r.id).execute()
+        if not own_thread:
+            firsts = [(o.message_id, by_email[o.recipient.email].id) for o in outgoing
+                      if not by_email[o.recipient.email].first_message_id]
+            if firsts:  # one statement for all: a start email to 1,000 ran 1,000 UPDATEs
+                p = app.db.param
+                app.db.cursor().executemany(
+                    f"UPDATE {Recipient._meta.table_name} SET first_message_id = {p} "
+                    f"WHERE id = {p}", firsts)
         names = ", ".join(o.recipient.email for o in outgoing[:20])
         more = f" and {len(outgoing) - 20} more" if len(outgoing) > 20 else ""
         log(incident, now, "email", f"{kind} email queued to {len(outgoing)}: {names}{more}",
@@ -503,14 +543,12 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
         incident.save()
         log(incident, now, "declared", f"{severity} {IMPACTS[impact]} of {svc.title}: {summary}",
             author=author or lead or "")
-        if lead:
-            add_recipient(app, incident, lead, "as the incident lead", now)
+        wanted = [(lead, "as the incident lead")] if lead else []
         for list_name in svc.notify:
-            for addr in app.contacts.expand([list_name]):
-                add_recipient(app, incident, addr,
-                              f"because you are on the {list_name} list for {svc.title}", now)
-        for addr in impacted:
-            add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
+            wanted += [(addr, f"because you are on the {list_name} list for {svc.title}")
+                       for addr in app.contacts.expand([list_name])]
+        wanted += [(addr, f"because you are impacted by {incident.ref}") for addr in impacted]
+        add_recipients(app, incident, wanted, now)
         schedule_mark(app, incident, now + update_every(app, incident), now)
         schedule_escalations(app, incident, now)
         schedule_handover(app, incident, now)
