@@ -23,6 +23,7 @@ from peewee import OperationalError
 
 from . import clock
 from .config import Inbound
+from .incidents import read_under_lock
 from .models import Incident
 from .posting import accept_declaration, accept_reply
 from .replies import parse_reply
@@ -131,6 +132,7 @@ class InboundHandler:
         # Parsing and the database run here, never on the event loop; each thread has its
         # own SQLite connection (peewee's connection state is per thread).
         self.executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="mailflow-inbound")
+        self._known: set[int | str] = set()  # incident ids seen to exist (see `_exists`)
 
     @property
     def limits(self) -> Inbound:
@@ -165,11 +167,20 @@ class InboundHandler:
             return None
         return Incident.get_or_none(Incident.id == incident_id)
 
+    def _exists(self, incident_id: int | str) -> bool:
+        """Whether the incident exists; once seen it is remembered (DATA reads it anyway,
+        and forgets it if it is gone), so a reply's RCPT costs no query."""
+        if incident_id in self._known:
+            return True
+        if Incident.select().where(Incident.id == incident_id).exists():
+            self._known.add(incident_id)
+            return True
+        return False
+
     def _rcpt(self, address: str, accepted: list[str]) -> tuple[str, bool]:
         """(answer, whether to add `address` to the envelope); runs on a worker thread."""
         target = self.target(address)
-        if target is None or (target != "base" and not Incident.select().where(
-                Incident.id == target).exists()):
+        if target is None or (target != "base" and not self._exists(target)):
             log.info("RCPT %s refused: not a valid incident address", address)
             return "550 5.1.1 unknown recipient: not a valid incident reply address", False
         if any(self.target(a) == target for a in accepted):
@@ -283,8 +294,11 @@ class InboundHandler:
             return outcome.code, outcome.message
         incident = Incident.get_or_none(Incident.id == target) if isinstance(target, int) else None
         if incident is None:  # deleted (or its token's secret retired) between RCPT and DATA
+            self._known.discard(target)
             return 550, "5.1.1 unknown incident"
-        outcome = accept_reply(self.app, incident, reply, raw, mail_from, now)
+        # Read inside this transaction's write lock: `locked` need not read it again.
+        with read_under_lock(incident):
+            outcome = accept_reply(self.app, incident, reply, raw, mail_from, now)
         log.info("reply from %s to %s: %s", reply.sender or "<>", incident.ref, outcome.outcome)
         return outcome.code, outcome.message
 
