@@ -36,7 +36,8 @@ def rules_of(config: Any) -> Rules:
 
 
 # Anything that cannot be inside a bare address; what is left is checked by `problem`.
-_SHAPE = re.compile(r"[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+@[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+")
+_ATOM = r"[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+"
+_SHAPE = re.compile(_ATOM + "@" + _ATOM)
 _ANGLE = re.compile(r"<\s*([^<>]*?)\s*>")
 # RFC 5322 atext: the characters of an unquoted local part, between single dots.
 _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")

@@ -7,19 +7,20 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from peewee import chunked
 
-from . import addresses, commands
+from . import addresses, commands, report
 from .addresses import STRICT, Rules, rules_of
-from .clock import as_utc, format_duration, parse_duration
+from .clock import as_utc, compact_duration, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
-from .models import Due, Entry, Incident, OutMessage, Recipient
-from .render import Envelope, Personal, clean_text, one_line
+from .models import LIVE, Due, Entry, EntryKind, Incident, OutMessage, Recipient, Status
+from .render import Envelope, Personal, clean_text, one_line, reflow_paragraphs
+from .threads import conversation_headers
 from .tokens import reply_address
 
 if TYPE_CHECKING:
@@ -70,9 +71,10 @@ def get_incident(ref: str | int) -> Incident:
     return incident
 
 
-def log(incident: Incident, now: datetime, kind: str, text: str, author: str = "",
+def log(incident: Incident, now: datetime, kind: EntryKind | str, text: str, author: str = "",
         data: dict[str, Any] | None = None, shown: bool = False) -> Entry:
     """Add a timeline entry. `shown` entries are carried (in orange) by the next email."""
+    kind = EntryKind(kind).value  # ValueError on an unknown kind: caught by the tests
     return Entry.create(incident=incident, at=now, kind=kind, author=author, text=text,
                         data=data, communicated_at=None if shown else now)
 
@@ -98,7 +100,7 @@ def locked(app: Mailflow, incident: Incident) -> Iterator[Incident]:
     with app.db.atomic("IMMEDIATE"):
         fresh = Incident.get_by_id(incident.id)
         incident.__data__.update(fresh.__data__)
-        incident._dirty.clear()
+        incident._dirty.clear()  # type: ignore[attr-defined]  # peewee's own bookkeeping
         with read_under_lock(incident):
             yield incident
 
@@ -189,7 +191,7 @@ PRIORITY = {"reminder": 2, "handover": 2, "notice": 1, "escalation": 1}
 
 def _capped(text: str, limit: int) -> str:
     """One update's text as an email carries it: at most `limit` characters, visibly cut."""
-    text = clean_text(text)
+    text = reflow_paragraphs(clean_text(text))  # hard-wrapped replies read as paragraphs
     return text if len(text) <= limit else text[:limit].rstrip() + "\n" + CONTINUED
 
 
@@ -208,7 +210,8 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
              for k, v in current.items()]
     limit = app.config.emails.update_max_chars if max_chars is None else max_chars
     in_full = app.config.emails.updates_in_full if in_full is None else in_full
-    where = (Entry.incident == incident) & Entry.kind.in_(("update", "change", "handover", "reopened"))
+    kinds = ("update", "change", "handover", "reopened")
+    where = (Entry.incident == incident) & Entry.kind.in_(kinds)
     total = Entry.select().where(where).count()
     newest = list(Entry.select().where(where).order_by(Entry.at.desc(), Entry.id.desc())
                   .limit(in_full))
@@ -216,12 +219,18 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
                   _capped(e.text, limit), new=e.communicated_at is None)
              for e in reversed(newest)]
     has_news = any(f.new for f in facts) or any(i.new for i in items)
+    # The status report of the news: what the new entries learned, tried, do now, have left.
+    news_report = report.merge((e.data or {}).get("report") for e in reversed(newest)
+                               if e.communicated_at is None)
     ctx: dict[str, Any] = {
         "kind": kind,
         "incident": IncidentView(incident),
         "facts": facts,
         "updates": items,
         "earlier_updates": total - len(items),
+        "report": [(report.TITLES[k], [report.experiment_text(x) if k == "tried" else x
+                                       for x in v]) for k, v in news_report.items()],
+        "report_template": report.TEMPLATE,
         "has_news": has_news,
         "now": now,
         "elapsed": now - incident.declared_at,
@@ -232,6 +241,15 @@ def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
                                        incident.id, app.config.secret),
     }
     ctx.update(extra)
+    if kind == "solved":
+        # How the incident went, not only how it ended: the worst state and the phases.
+        stretches = phases(incident, ctx.get("ended_at") or incident.resolved_at or now)
+        severity, impact = worst_of(stretches)
+        ctx.setdefault("worst", {"severity": severity, "impact": impact,
+                                 "severity_label": SEVERITY_LABELS.get(severity, severity),
+                                 "impact_label": IMPACTS.get(impact, impact)})
+        day = as_utc(incident.declared_at).date()
+        ctx.setdefault("phases", [p.text(day) for p in stretches])
     ctx["preheader"] = preheader(incident, kind, ctx)
     ctx["subject"] = subject_of(app, incident, kind, ctx)
     return ctx
@@ -280,7 +298,8 @@ def preheader(incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
 def subject_of(app: Mailflow, incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
     """The Subject: the incident's own for stakeholders; a to-do of its own for the lead."""
     if kind == "reminder" and incident.next_comm_at:
-        return f"[{incident.ref}] Update due at {incident.next_comm_at:%H:%M} UTC — reply to send it"
+        due = incident.next_comm_at
+        return f"[{incident.ref}] Update due at {due:%H:%M} UTC — reply to send it"
     if kind == "handover":
         return f"[{incident.ref}] Hand over the lead — you have led it for " \
                f"{format_duration(ctx.get('led_for') or ctx['elapsed'])}"
@@ -320,51 +339,105 @@ class IncidentView:
 # --- recipients ---------------------------------------------------------------------------
 
 def add_recipient(app: Mailflow, incident: Incident, address: str, reason: str,
-                  now: datetime) -> Recipient:
-    """Add someone to the incident's emails (idempotent: the first reason is kept)."""
+                  now: datetime, via: str = "*") -> Recipient:
+    """Add someone to the incident's emails (idempotent: the first reason is kept).
+
+    `via`: the notified list that brings them in, or "*" when they are named directly (a
+    role, impacted, an escalation): what they receive follows from it (see `audience`).
+    """
     email = check_address(address, rules=rules_of(app.config))
     existing = Recipient.get_or_none((Recipient.incident == incident) & (Recipient.email == email))
     if existing is not None:
-        if existing.status != "active" and reason:
-            existing.status = "active"
+        vias = [v for v in (existing.via or "").split(",") if v]
+        if (existing.status != "active" and reason) or via not in vias:
+            existing.status = "active" if reason else existing.status
+            existing.via = ",".join([*vias, via])
             existing.save()
         return existing
     person = app.contacts.person(email)
     return Recipient.create(incident=incident, email=email, name=person.name if person else "",
-                            reason=reason, added_at=now)
+                            reason=reason, added_at=now, via=via)
 
 
-def add_recipients(app: Mailflow, incident: Incident, wanted: Iterable[tuple[str, str]],
-                   now: datetime) -> None:
-    """`add_recipient` for many (address, reason) pairs: one SELECT, a few bulk INSERTs.
+def add_notified(app: Mailflow, incident: Incident, service: Service, now: datetime) -> None:
+    """Everyone on the service's `notify` lists, each remembering the list that brought them."""
+    add_recipients(app, incident, notified(app, service), now)
 
-    A declaration to 10,000 people ran 20,000 statements one by one; the outcome is the same
-    (validated first, the first reason kept, someone inactive made active again by a reason).
+
+def notified(app: Mailflow, service: Service) -> list[tuple[str, str, str]]:
+    """(address, reason, via) for everyone on the service's `notify` lists, in order."""
+    return [(addr, f"because you are on the {list_name} list for {service.title}", list_name)
+            for list_name in service.notify for addr in app.contacts.expand([list_name])]
+
+
+MILESTONE_KINDS = ("start", "solved")
+
+
+def is_milestone(incident: Incident, kind: str, contacts: Contacts | None = None) -> bool:
+    """Start, solved, and an update that changes the severity or impact (or reopens)."""
+    if kind in MILESTONE_KINDS:
+        return True
+    if kind != "update":
+        return False
+    before, now = incident.last_sent or {}, facts_of(incident, contacts)
+    if any(before.get(k) != now[k] for k in ("Severity", "Scope")):
+        return True
+    return Entry.select().where((Entry.incident == incident) & (Entry.kind == "reopened")
+                                & Entry.communicated_at.is_null()).exists()
+
+
+def audience(service: Service | None, via: str) -> tuple[str, frozenset[str]]:
+    """What a recipient brought in by `via` receives: ("all" | "milestones", severities
+    held out of working hours). The most their lists give: any "all" list, or being named
+    directly, means all; mail waits only if every one of their lists lets it wait."""
+    vias = [v for v in (via or "").split(",") if v]
+    if service is None or not vias or "*" in vias:
+        return "all", frozenset()
+    gets = "all" if any(service.gets(v) == "all" for v in vias) else "milestones"
+    held = frozenset.intersection(*(service.held(v) for v in vias))
+    return gets, held
+
+
+def add_recipients(app: Mailflow, incident: Incident,
+                   wanted: Iterable[tuple[str, str, str]], now: datetime) -> None:
+    """`add_recipient` for many (address, reason, via): one SELECT, a few bulk INSERTs.
+
+    A declaration to 10,000 people ran 20,000 statements one by one. The outcome is the
+    same: validated first, the first reason kept, every list that brings someone in
+    remembered in `via`, someone inactive made active again by a reason.
     """
     rules = rules_of(app.config)
     reasons: dict[str, str] = {}
+    vias: dict[str, list[str]] = {}
     revive: set[str] = set()
-    for address, reason in wanted:
+    for address, reason, via in wanted:
         email = check_address(address, rules=rules)
         reasons.setdefault(email, reason)
+        if via not in vias.setdefault(email, []):
+            vias[email].append(via)
         if reason:
             revive.add(email)
     if not reasons:
         return
-    known = {r.email: r.status for r in Recipient.select(Recipient.email, Recipient.status)
-             .where(Recipient.incident == incident)}
-    back = [e for e in revive if e in known and known[e] != "active"]
-    if back:
-        Recipient.update(status="active").where(
-            (Recipient.incident == incident) & Recipient.email.in_(back)).execute()
+    for r in Recipient.select(Recipient.id, Recipient.email, Recipient.status, Recipient.via) \
+            .where(Recipient.incident == incident):
+        if r.email not in reasons:
+            continue
+        del reasons[r.email]  # known already: as add_recipient does, row by row (rare)
+        had = [v for v in (r.via or "").split(",") if v]
+        merged = had + [v for v in vias[r.email] if v not in had]
+        status = "active" if r.email in revive else r.status
+        if merged != had or status != r.status:
+            Recipient.update(via=",".join(merged), status=status).where(
+                Recipient.id == r.id).execute()
     rows = []
     for email, reason in reasons.items():
-        if email not in known:
-            person = app.contacts.person(email)
-            rows.append((incident.id, email, person.name if person else "", reason, now))
+        person = app.contacts.person(email)
+        rows.append((incident.id, email, person.name if person else "", reason, now,
+                     ",".join(vias[email])))
     fields = [Recipient.incident, Recipient.email, Recipient.name, Recipient.reason,
-              Recipient.added_at]
-    # 150 rows of 5 values stay under SQLite's oldest limit of 999 bound parameters.
+              Recipient.added_at, Recipient.via]
+    # 150 rows of 6 values stay under SQLite's oldest limit of 999 bound parameters.
     for batch in chunked(rows, 150):
         Recipient.insert_many(batch, fields=fields).execute()
 
@@ -401,16 +474,22 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     it carries is no longer new. Reminders and escalations leave "new" untouched.
     `expires_at`: past it, the outbox drops the email instead of sending it late.
     """
+    not_before: dict[str, datetime] = {}
+    skipped = 0
     if to is None:
         # Only the columns used here and by `personal`: a fan-out reads 1,000s of rows, and
         # building each full row (dates parsed) cost half of this query.
-        to = list(Recipient.select(Recipient.id, Recipient.email, Recipient.name,
-                                   Recipient.reason, Recipient.first_message_id)
-                  .where((Recipient.incident == incident)
-                         # A bounce arrives with a token every recipient holds, so it can be
-                         # forged: it is recorded, but only our own relay's 5xx stops the mail.
-                         & (Recipient.status != "failed"))
-                  .order_by(Recipient.id))
+        everyone = list(Recipient.select(Recipient.id, Recipient.email, Recipient.name,
+                                         Recipient.reason, Recipient.first_message_id,
+                                         Recipient.via)
+                        .where((Recipient.incident == incident)
+                               # A bounce arrives with a token every recipient holds, so it can
+                               # be forged: it is recorded, but only our own relay's 5xx stops
+                               # the mail.
+                               & (Recipient.status != "failed"))
+                        .order_by(Recipient.id))
+        to, not_before = _audience_of(app, incident, kind, everyone, now)
+        skipped = len(everyone) - len(to)
     if not to:
         return []
     cfg = app.config
@@ -425,10 +504,13 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     max_chars = cfg.emails.update_max_chars
     while True:
         ctx = context(app, incident, kind, now, in_full=in_full, max_chars=max_chars, **extra)
+        headers = [("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)]
+        if not own_thread:  # Outlook threads by these, not by In-Reply-To
+            headers += conversation_headers(f"{cfg.reply_domain}/{incident.id}",
+                                            incident.subject, incident.declared_at, now)
         envelope = Envelope(
             sender=cfg.sender, subject=ctx["subject"], date=now, domain=cfg.reply_domain,
-            reply_to=ctx["reply_address"], threads=threads,
-            extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
+            reply_to=ctx["reply_address"], threads=threads, extra_headers=headers,
         )
         outgoing = app.renderer.personalise(kind, ctx, people, envelope)
         # Bounded size: older updates are left out (counted in a line), then the newest is
@@ -443,7 +525,11 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     with app.db.atomic():
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
                            [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
-                           expires_at=expires_at, priority=PRIORITY.get(kind, 0))
+                           expires_at=expires_at, priority=PRIORITY.get(kind, 0),
+                           not_before=not_before)
+        # What waited for the morning goes ahead of this email to those who get it now.
+        app.outbox.release_held(incident.id, [o.recipient.email for o in outgoing
+                                              if o.recipient.email not in not_before], now)
         if not own_thread:
             firsts = [(o.message_id, by_email[o.recipient.email].id) for o in outgoing
                       if not by_email[o.recipient.email].first_message_id]
@@ -454,8 +540,17 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
                     f"WHERE id = {p}", firsts)
         names = ", ".join(o.recipient.email for o in outgoing[:20])
         more = f" and {len(outgoing) - 20} more" if len(outgoing) > 20 else ""
-        log(incident, now, "email", f"{kind} email queued to {len(outgoing)}: {names}{more}",
-            author="mailflow", data={"kind": kind, "count": len(outgoing)})
+        notes = ""
+        if not_before:
+            opens = min(not_before.values())
+            notes += (f"; {len(not_before)} held until working hours (from "
+                      f"{as_utc(opens):%Y-%m-%d %H:%M} UTC)")
+        if skipped:
+            notes += f"; not sent to {skipped} on milestone-only lists"
+        log(incident, now, "email",
+            f"{kind} email queued to {len(outgoing)}: {names}{more}{notes}",
+            author="mailflow", data={"kind": kind, "count": len(outgoing),
+                                     "held": len(not_before), "skipped": skipped})
         if marks_sent:
             Entry.update(communicated_at=now).where(
                 (Entry.incident == incident) & Entry.communicated_at.is_null()).execute()
@@ -463,6 +558,28 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
             incident.last_comm_at = now
             incident.save()
     return [o.message_id for o in outgoing]
+
+
+def _audience_of(app: Mailflow, incident: Incident, kind: str, everyone: Sequence[Recipient],
+                 now: datetime) -> tuple[list[Recipient], dict[str, datetime]]:
+    """Who gets this communication (milestone-only lists get milestones), and which copies
+    wait for working hours in the recipient's time zone (email → when they may go)."""
+    service = app.contacts.services.get(incident.service)
+    milestone = is_milestone(incident, kind, app.contacts) if service is not None else True
+    hours = app.contacts.working_hours
+    to: list[Recipient] = []
+    later: dict[str, datetime] = {}
+    for r in everyone:
+        gets, held = audience(service, r.via)
+        if gets == "milestones" and not milestone:
+            continue
+        to.append(r)
+        if incident.severity in held:
+            person = app.contacts.person(r.email)
+            opens = hours.opens_at(now, person.timezone if person else None)
+            if opens is not None:
+                later[r.email] = opens
+    return to, later
 
 
 def update_every(app: Mailflow, incident: Incident) -> timedelta:
@@ -565,11 +682,10 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
         incident.save()
         log(incident, now, "declared", f"{severity} {IMPACTS[impact]} of {svc.title}: {summary}",
             author=author or lead or "")
-        wanted = [(lead, "as the incident lead")] if lead else []
-        for list_name in svc.notify:
-            wanted += [(addr, f"because you are on the {list_name} list for {svc.title}")
-                       for addr in app.contacts.expand([list_name])]
-        wanted += [(addr, f"because you are impacted by {incident.ref}") for addr in impacted]
+        wanted = [(lead, "as the incident lead", "*")] if lead else []
+        wanted += notified(app, svc)
+        wanted += [(addr, f"because you are impacted by {incident.ref}", "*")
+                   for addr in impacted]
         add_recipients(app, incident, wanted, now)
         schedule_mark(app, incident, now + update_every(app, incident), now)
         schedule_escalations(app, incident, now)
@@ -580,11 +696,32 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
 
 def threshold_label(delta: timedelta) -> str:
     """An escalation key: 4h, 1d, 90m."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return compact_duration(delta, one_unit=True)
+
+
+def message_ids(incident: Incident, kind: str) -> list[str]:
+    """The Message-IDs queued for one kind of communication of the incident."""
+    return [m.message_id for m in OutMessage.select(OutMessage.message_id).where(
+        (OutMessage.incident == incident) & (OutMessage.kind == kind))]
+
+
+def listing(show_all: bool = False, drafts: bool = False) -> list[Incident]:
+    """Incidents newest first: open ones unless `show_all`; drafts only with `drafts`."""
+    q = Incident.select().order_by(Incident.id.desc())
+    if not show_all:
+        q = q.where(Incident.status != Status.RESOLVED)
+    # Drafts from alerts are not incidents until declared (nor dismissed ones ever).
+    hidden = (() if drafts and show_all else (Status.DISMISSED,) if drafts
+              else (Status.DRAFT, Status.DISMISSED))
+    return list(q.where(Incident.status.not_in(hidden)) if hidden else q)
+
+
+def mark_postmortem_done(app: Mailflow, incident: Incident, now: datetime, author: str) -> None:
+    """Record that the postmortem was held: its reminders stop."""
+    with locked(app, incident):
+        incident.postmortem_done = True
+        incident.save()
+        log(incident, now, EntryKind.POSTMORTEM, "postmortem marked done", author=author)
 
 
 def require_open(incident: Incident) -> None:
@@ -744,6 +881,63 @@ def field_changes(entries: Iterable[Entry], name: str) -> list[tuple[Entry, dict
     return found
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of the incident at one severity and impact."""
+
+    severity: str
+    impact: str
+    start: datetime
+    end: datetime
+
+    def text(self, day: date | None = None) -> str:
+        """`P1 outage 10:05–11:30` (with the date of a time not on `day`)."""
+        def hm(at: datetime) -> str:
+            at = as_utc(at)
+            return f"{at:%H:%M}" if day is None or at.date() == day else f"{at:%Y-%m-%d %H:%M}"
+        return f"{self.severity} {self.impact} {hm(self.start)}–{hm(self.end)}"
+
+
+def phases(incident: Incident, until: datetime | None = None) -> list[Phase]:
+    """The incident's severity and impact over time, from its timeline: one phase per
+    stretch, from the declaration to `until` (its resolution, else the last change)."""
+    entries = list(Entry.select().where((Entry.incident == incident)
+                                        & Entry.kind.in_(("update", "change", "handover")))
+                   .order_by(Entry.at, Entry.id))
+    events = sorted([(e.at, e.id, name, c) for name in ("severity", "impact")
+                     for e, c in field_changes(entries, name)], key=lambda t: (t[0], t[1]))
+    first_sev = next((c.get("old") for *_, n, c in events if n == "severity"), None)
+    first_imp = next((c.get("old") for *_, n, c in events if n == "impact"), None)
+    state = {"severity": first_sev or incident.severity, "impact": first_imp or incident.impact}
+    start = incident.declared_at
+    end = until or incident.resolved_at or (events[-1][0] if events else start)
+    out: list[Phase] = []
+    for at, _id, name, change in events:
+        if change.get("new") == state[name]:
+            continue
+        if at > start:
+            out.append(Phase(state["severity"], state["impact"], start, at))
+            start = at
+        state[name] = change.get("new") or state[name]
+    out.append(Phase(state["severity"], state["impact"], start, max(start, end)))
+    merged: list[Phase] = []
+    for phase in out:  # P1 → P2 → P1 within a minute leaves two P1 stretches: joined
+        last = merged[-1] if merged else None
+        if last and (last.severity, last.impact) == (phase.severity, phase.impact):
+            merged[-1] = Phase(last.severity, last.impact, last.start, phase.end)
+        else:
+            merged.append(phase)
+    return merged
+
+
+def worst_of(stretches: Sequence[Phase]) -> tuple[str, str]:
+    """The worst severity (P0 first) and impact (an outage over degraded) of the phases."""
+    severity = min((p.severity for p in stretches), key=lambda s: SEVERITIES.index(s)
+                   if s in SEVERITIES else len(SEVERITIES))
+    impact = "outage" if any(p.impact == "outage" for p in stretches) else "degraded"
+    return severity, impact
+
+
 @mutates
 def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, *,
                  text: str = "", fields: dict[str, str | None] | None = None,
@@ -825,16 +1019,24 @@ def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, 
     if at is not None:
         schedule_mark(app, incident, at, now)  # said explicitly: wins over the cadence
     action.next_comm_at = incident.next_comm_at
-    if text or action.changes:
-        labels = action.applied
+    if added:
+        # Who receives the emails is the record's business, not news for everyone.
+        action.entry = log(incident, now, "recipient",
+                           f"Added {', '.join(added)} to the emails (impacted)", author=author,
+                           data={"changes": [{"field": "impacted", "new": a} for a in added]})
+    shown = [c for c in action.changes if c["field"] != "impacted"]
+    if text or shown:
+        labels = [change_label(c) for c in shown]
         if at is not None:
             labels.append(f"Next communication: {when_text(at, tz)}")
         body = "\n\n".join(part for part in (text, " · ".join(labels), note.strip()) if part)
-        kind = "update" if text else ("handover" if names == {"lead"} and not added
-                                      else "change")
-        data = {"changes": action.changes}
-        if len(action.changes) == 1:  # the shape one-change entries always had
-            data.update(action.changes[0])
+        kind = "update" if text else ("handover" if names == {"lead"} else "change")
+        data: dict[str, Any] = {"changes": shown}
+        sections = report.read(text) if text else None
+        if sections:  # Learned / Tried / Now / Left: grouped in emails and the postmortem
+            data["report"] = sections
+        if len(shown) == 1:  # the shape one-change entries always had
+            data.update(shown[0])
         action.entry = log(incident, now, kind, body, author=author, shown=True, data=data)
         if text and incident.scribe and incident.scribe != author:
             # The scribe keeps the log, so they see every reply as it is posted.
@@ -857,7 +1059,7 @@ def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author
     if not steps:
         raise InvalidInput("resolution steps are empty: say what fixed it")
     with app.db.atomic():
-        incident.status = "follow-up" if follow_up.strip() else "resolved"
+        incident.status = Status.FOLLOW_UP if follow_up.strip() else Status.RESOLVED
         incident.resolution = steps
         incident.follow_up = follow_up.strip()
         incident.resolved_at = now
@@ -916,7 +1118,7 @@ def close(app: Mailflow, incident: Incident, now: datetime, author: str,
         raise InvalidInput(f"{incident.ref} is {incident.status}: only an incident resolved with "
                            "--follow-up is closed later")
     with app.db.atomic():
-        incident.status = "resolved"
+        incident.status = Status.RESOLVED
         incident.closed_at = now
         incident.save()
         done = note.strip() or f"Follow-up done: {incident.follow_up}"
@@ -934,9 +1136,12 @@ def describe(incident: Incident) -> dict[str, Any]:
 
     messages: dict[str, list[dict[str, Any]]] = {}
     for m in OutMessage.select().where(OutMessage.incident == incident).order_by(OutMessage.id):
+        # Not tried yet: when it may go (later than now: held for working hours).
+        untried = m.status == "queued" and not m.attempts and not m.last_error
         messages.setdefault(m.recipient, []).append({
             "kind": m.kind, "message_id": m.message_id, "status": m.status,
             "attempts": m.attempts, "sent_at": iso(m.sent_at), "error": m.last_error or None,
+            "not_before": iso(m.next_attempt_at) if untried else None,
         })
     return {
         "ref": incident.ref, "service": incident.service, "service_title": incident.service_title,
@@ -995,8 +1200,9 @@ def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
     if addr not in incident.impacted:
         incident.impacted = [*incident.impacted, addr]
         incident.save()
-        log(incident, now, "change", f"Added {addr} to the impacted people", author=author,
-            shown=True, data={"field": "impacted", "new": addr})
+        # Recorded, not broadcast: who receives the emails is not news for everyone.
+        log(incident, now, "recipient", f"Added {addr} to the emails (impacted)",
+            author=author, data={"field": "impacted", "new": addr})
     return add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
 
 
@@ -1007,7 +1213,7 @@ def reopen(app: Mailflow, incident: Incident, now: datetime, author: str, text: 
     everyone is told at once unless `notify` is False (the caller sends the update)."""
     if incident.is_open:
         raise InvalidInput(f"{incident.ref} is open; only a resolved incident is reopened")
-    if incident.status not in ("resolved", "follow-up"):
+    if incident.status not in (Status.RESOLVED, Status.FOLLOW_UP):
         raise InvalidInput(f"{incident.ref} is {incident.status}; only a resolved incident is "
                            "reopened")
     was = incident.status
@@ -1030,7 +1236,8 @@ def remove_person(app: Mailflow, email: str, now: datetime, author: str) -> list
     address = addresses.normalise(email) or str(email).strip().lower()
     refs = []
     with app.db.atomic("IMMEDIATE"):
-        for incident in Incident.select().where(Incident.status.in_(("open", "draft", "follow-up"))):
+        live = Incident.status.in_(LIVE)
+        for incident in Incident.select().where(live):
             roles = [r for r in ROLES if getattr(incident, r) == address]
             listed = address in incident.impacted
             gone = Recipient.delete().where((Recipient.incident == incident)

@@ -285,6 +285,11 @@ def _m0008_outbox_priority_and_failure_notice(db: Database, migrator: SchemaMigr
     _add_column(db, migrator, "outmessage", "failure_told_at", DateTimeField(null=True))
 
 
+def _m0009_recipient_via(db: Database, migrator: SchemaMigrator) -> None:
+    """Which lists brought a recipient in ("*": named directly), for per-list audiences."""
+    _add_column(db, migrator, "recipient", "via", TextField(default=""))
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
@@ -295,6 +300,7 @@ MIGRATIONS: list[Migration] = [
     Migration("0007_inmessage_digest", _m0007_inmessage_digest),
     Migration("0008_outbox_priority_and_failure_notice",
               _m0008_outbox_priority_and_failure_notice),
+    Migration("0009_recipient_via", _m0009_recipient_via),
 ]
 
 

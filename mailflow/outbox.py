@@ -28,7 +28,7 @@ import sqlite3
 import ssl
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -456,15 +456,18 @@ class Outbox:
 
     def enqueue(self, incident_id: int | None, kind: str, envelope_from: str,
                 messages: Sequence[tuple[str, str, bytes]], now: datetime,
-                expires_at: datetime | None = None, priority: int = 0) -> None:
+                expires_at: datetime | None = None, priority: int = 0,
+                not_before: Mapping[str, datetime] | None = None) -> None:
         """Queue (recipient, Message-ID, raw bytes) triples; the caller's transaction commits.
 
         `priority`: higher is claimed first (mail for the lead goes ahead of a fan-out).
+        `not_before`: recipient → when their copy may go (held until working hours).
 
         One executemany: peewee's per-row query building cost more than the SQLite insert.
         """
         at = _sql_time(now)
         expires = _sql_time(expires_at) if expires_at else None
+        later = {r: _sql_time(t) for r, t in (not_before or {}).items()}
         self.queued += len(messages)
         if priority > 0:
             self.urgent = True  # a drain in progress takes it ahead of the rest of its batch
@@ -472,12 +475,34 @@ class Outbox:
             "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
             "raw, created_at, next_attempt_at, expires_at, attempts, status, last_error, priority) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'queued', '', ?)",
-            [(incident_id, kind, rcpt, envelope_from, mid, raw, at, at, expires, priority)
-             for rcpt, mid, raw in messages])
+            # A held copy's retry window starts when it may go, not when it was queued.
+            [(incident_id, kind, rcpt, envelope_from, mid, raw, later.get(rcpt, at),
+              later.get(rcpt, at), expires, priority) for rcpt, mid, raw in messages])
+
+    def release_held(self, incident_id: int, recipients: Sequence[str], now: datetime) -> int:
+        """Send now what was held for working hours to these recipients of one incident
+        (a later email of the incident goes at once: the earlier ones go first)."""
+        if not recipients:
+            return 0
+        cur = self.db.execute_sql(
+            "UPDATE outmessage SET next_attempt_at = ? WHERE incident_id = ? AND status = "
+            "'queued' AND attempts = 0 AND last_error = '' AND next_attempt_at > ? "
+            "AND recipient IN (SELECT value FROM json_each(?))",
+            (_sql_time(now), incident_id, _sql_time(now), json.dumps(list(recipients))))
+        return int(cur.rowcount or 0)
 
     def pending(self) -> int:
         """How many messages are not yet sent or failed."""
         return OutMessage.select().where(OutMessage.status.in_(("queued", "sending"))).count()
+
+    def unsent(self, message_ids: Iterable[str]) -> list[OutMessage]:
+        """Of these messages, the ones not sent (yet): queued, sending, failed or bounced."""
+        wanted = list(dict.fromkeys(message_ids))
+        out: list[OutMessage] = []
+        for i in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            out.extend(OutMessage.select().where(OutMessage.message_id.in_(wanted[i:i + 500])
+                                                 & (OutMessage.status != "sent")))
+        return out
 
     def pending_now(self, now: datetime) -> bool:
         """Whether a message is queued and due at `now` (a drain should start)."""
@@ -500,9 +525,12 @@ class Outbox:
             "(claimed_until <= :at OR claimed_by IN (SELECT value FROM json_each(:dead)))))")
     # One message per recipient at a time: nothing earlier to them is still waiting.
     # A message of higher priority (the lead's reminder) may pass their place in a fan-out.
+    # Mail held until working hours (never tried, not yet due) does not hold up the rest.
     _FIRST = ("NOT EXISTS (SELECT 1 FROM outmessage AS e WHERE e.recipient = m.recipient "
               "AND e.status IN ('queued', 'sending') AND e.id < m.id "
-              "AND e.priority >= m.priority)")
+              "AND e.priority >= m.priority "
+              "AND NOT (e.status = 'queued' AND e.attempts = 0 AND e.last_error = '' "
+              "AND e.next_attempt_at > :at))")
 
     def _claim(self, conn: sqlite3.Connection, now: datetime, limit: int,
                urgent: bool = False) -> list[Claimed]:

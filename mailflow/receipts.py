@@ -125,7 +125,7 @@ def queue_receipt(app: Mailflow, incident: Incident, reply: Reply, receipt: Rece
     msg["X-Auto-Response-Suppress"] = "All"
     msg["X-Mailflow-Incident"] = incident.ref
     msg["X-Mailflow-Kind"] = "receipt"
-    msg.set_content(text)
+    msg.set_content(text, params={"format": "flowed"})  # the renderer wrapped it so
     msg.add_alternative(html, subtype="html")
     # Null envelope sender (RFC 3834): a receipt that cannot be delivered bounces nowhere.
     app.outbox.enqueue(incident.id, "receipt", "", [(sender, message_id, msg.as_bytes())], now)

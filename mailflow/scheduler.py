@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import alerts, posting
 from . import incidents as inc
@@ -123,17 +123,22 @@ def _escalate(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     to += inc.lead_recipients(app, incident, now)
     to = list({r.id: r for r in to}.values())
     tags = svc.expertise if svc else ()
-    experts = [{"name": p.name, "email": p.email, "tags": list(matched)}
+    experts: list[dict[str, Any]] = [{"name": p.name, "email": p.email, "tags": list(matched)}
                for p, matched in app.contacts.experts(tags)]
     thresholds = app.config.cadence.escalate[incident.severity]
     # The last of several thresholds (1 day by default) proposes the complete workaround.
     final = len(thresholds) > 1 and threshold >= max(thresholds)
+    # Third-party support next to the internal experts: how to open a ticket, how to escalate.
+    vendors = [{"name": v.name, "ticket": v.ticket, "escalate": v.escalate}
+               for v in app.contacts.vendors_of(incident.service)]
     inc.communicate(app, incident, "escalation", now, to=to, marks_sent=False,
-                    threshold=threshold, experts=experts, expertise=list(tags), final=final)
+                    threshold=threshold, experts=experts, expertise=list(tags), final=final,
+                    vendors=vendors)
+    listed = f"; vendors: {', '.join(v['name'] for v in vendors)}" if vendors else ""
     inc.log(incident, now, "escalation",
             f"escalated after {format_duration(threshold)} to {', '.join(lists) or 'the lead'}"
             f" ({', '.join(r.email for r in to)}); experts: "
-            f"{', '.join(e['email'] for e in experts) or 'none listed'}", "mailflow")
+            f"{', '.join(e['email'] for e in experts) or 'none listed'}{listed}", "mailflow")
     return True
 
 

@@ -67,6 +67,10 @@ def test_a_declaration_adds_everyone_once_with_the_first_reason(tmp_path: Path) 
         assert by_email["p0@example.org"].reason == \
             "because you are on the staff list for Learn"
         assert by_email["p1@example.org"].name == "Person 1"
+        # Every list that brought them in is remembered, a role or impacted as "*".
+        assert (by_email["p0@example.org"].via, by_email["p1@example.org"].via) == \
+            ("staff,desk", "staff,*")
+        assert by_email["ana@example.org"].via == "*"
         assert by_email["new@example.org"].reason == f"because you are impacted by {incident.ref}"
         assert by_email["new@example.org"].name == ""
         # Every one got the start email, and it is the root of their thread.
@@ -88,12 +92,13 @@ def test_adding_again_keeps_the_row_and_revives_a_bounced_one(tmp_path: Path) ->
                                summary="down", author="ana@example.org")
         Recipient.update(status="bounced").where(Recipient.email == "p3@example.org").execute()
         before = Recipient.select().count()
-        inc.add_recipients(app, incident, [("P3@example.org", "again"),
-                                           ("p4@example.org", "again"),
-                                           ("late@example.org", "because I said so")], T0)
+        inc.add_recipients(app, incident, [("P3@example.org", "again", "staff"),
+                                           ("p4@example.org", "again", "*"),
+                                           ("late@example.org", "because I said so", "*")], T0)
         assert Recipient.select().count() == before + 1
         p3 = Recipient.get(Recipient.email == "p3@example.org")
         assert (p3.status, p3.reason) == ("active", "because you are on the staff list for Learn")
+        assert Recipient.get(Recipient.email == "p4@example.org").via == "staff,desk,*"
         assert Recipient.get(Recipient.email == "late@example.org").reason == "because I said so"
     finally:
         app.close()
