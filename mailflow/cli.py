@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import peewee
@@ -23,8 +23,10 @@ from .config import EXAMPLE_TOML, find_config, load_config
 from .contacts_cli import HelpGroup, contacts
 from .errors import InvalidInput, MailflowError
 from .models import Incident, OutMessage
-from .outbox import Report
 from .render import Personal, builtin_templates
+
+if TYPE_CHECKING:
+    from .outbox import Report
 
 
 class Group(HelpGroup):
@@ -599,6 +601,7 @@ def serve(state: State, host: str | None, port: int | None, tick_seconds: float,
     inbound = replace(config.inbound, host=host or config.inbound.host,
                       port=config.inbound.port if port is None else port)
     state._app = Mailflow(replace(config, inbound=inbound))
+    state.app.contacts  # noqa: B018 - a broken contacts.yaml fails now, not at the first reply
     state.app.renderer.check()
     try:
         code = asyncio.run(Daemon(state.app, tick_seconds=tick_seconds).run())

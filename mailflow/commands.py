@@ -20,7 +20,6 @@ from datetime import timedelta
 from .addresses import Rules, check
 from .clock import compact_duration, parse_duration
 from .errors import InvalidInput
-from .quotes import tidy as _tidy
 
 __all__ = [
     "BARE",
@@ -259,7 +258,9 @@ def parse(text: str, names: tuple[str, ...] = REPLY_COMMANDS) -> Parsed:
             commands.extend(found)
             if found and found[0].name == "resolved":
                 break  # the rest is the resolution steps, commands or not
-    return Parsed(tuple(commands), tuple(refused), tuple(lookalikes), _tidy(lines[i:]),
+    from .quotes import tidy  # its tables take ~20 ms to compile: only replies need them
+
+    return Parsed(tuple(commands), tuple(refused), tuple(lookalikes), tidy(lines[i:]),
                   tuple(seen))
 
 
