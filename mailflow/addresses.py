@@ -56,6 +56,11 @@ def normalise(value: str) -> str:
     return text if len(text) <= 320 and _SHAPE.fullmatch(text) else ""
 
 
+def lookup_key(value: str) -> str:
+    """The key a person or list member is found by: the bare address, else the text itself."""
+    return normalise(value) or str(value).strip().lower()
+
+
 def problem(address: str, rules: Rules = STRICT) -> str | None:
     """Why delivery would refuse the bare `address`, or None when it is fine."""
     if any(c in address for c in "\r\n\t "):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import commands
 from . import incidents as inc
+from .composition import IMPACTS
 from .errors import InvalidInput, MailflowError
 from .models import Alert, Due, Incident, InMessage, Status
 from .render import one_line
@@ -232,7 +233,7 @@ def _ask(app: Mailflow, incident: Incident, person: str, now: datetime,
         "(optional lines below it: `severity: P1`, `impact: outage`, `summary: …`), or "
         "reply `dismiss` if it needs no communication.",
         f"Today it would go out as {incident.severity}, "
-        f"{inc.IMPACTS[incident.impact]}.",
+        f"{IMPACTS[incident.impact]}.",
     ]
     if reminder:
         paragraphs.insert(0, f"Nobody has declared or dismissed {incident.ref} yet; the first "
@@ -351,7 +352,7 @@ def declare_draft(app: Mailflow, incident: Incident, now: datetime, author: str,
     incident.subject = one_line(f"[{incident.ref}] {svc.title}: {incident.impact}")
     incident.save()
     inc.cancel_due(incident, now, kinds=(DUE_KIND,))
-    inc.log(incident, now, "declared", f"{incident.severity} {inc.IMPACTS[incident.impact]} "
+    inc.log(incident, now, "declared", f"{incident.severity} {IMPACTS[incident.impact]} "
             f"of {svc.title}: {incident.summary} (from an alert)", author=author)
     if incident.lead:
         inc.add_recipient(app, incident, incident.lead, "as the incident lead", now)

@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import peewee
 
-from . import clock
+from . import clock, composition
 from . import incidents as inc
 from .app import Mailflow
 from .clock import parse_duration
@@ -23,8 +23,10 @@ from .config import EXAMPLE_TOML, find_config, load_config
 from .contacts_cli import HelpGroup, contacts
 from .errors import InvalidInput, MailflowError
 from .models import Incident, OutMessage
-from .outbox import Report
 from .render import Personal, builtin_templates
+
+if TYPE_CHECKING:
+    from .outbox import Report
 
 
 class Group(HelpGroup):
@@ -299,17 +301,16 @@ def tick(state: State) -> None:
     Example:
       MAILFLOW_NOW=2026-11-24T11:00:00Z mailflow tick
     """
-    from .scheduler import run_due
+    from . import scheduler
 
-    app, now = state.app, clock.now()
-    report = run_due(app, now)
+    report = scheduler.tick(state.app, clock.now())
     for line in report.done:
         click.echo(f"done: {line}")
-    delivery = app.deliver_now(now)
+    delivery = report.delivery
+    assert delivery is not None  # tick always drains
     click.echo(f"sent {delivery.sent}, retrying {delivery.retrying}, failed {delivery.failed}")
-    errors = report.errors + delivery.errors
-    if errors:
-        raise MailflowError("; ".join(errors))
+    if report.errors:
+        raise MailflowError("; ".join(report.errors))
 
 
 @cli.command()
@@ -449,6 +450,7 @@ def list_(state: State, as_json: bool, show_all: bool, drafts: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    _inbound_warning(state.app)
     if not rows:
         click.echo("no incidents" if show_all else "no open incidents (--all shows resolved ones)")
     for r in rows:
@@ -473,9 +475,21 @@ def show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    _inbound_warning(state.app)
     now = clock.now()
     for line in show_lines(data, now.date(), now):
         click.echo(line)
+
+
+def _inbound_warning(app: Mailflow) -> None:
+    """On stderr, when the replies' mailbox cannot be read ([inbound] mode = "imap")."""
+    if app.config.inbound.mode != "imap":
+        return
+    from .imap import status_line
+
+    line = status_line(app)
+    if line:
+        click.echo(f"warning: {line}", err=True)
 
 
 def show_lines(data: dict[str, Any], today: date, now: datetime | None = None) -> list[str]:
@@ -547,7 +561,7 @@ def preview(state: State, ref: str, kind: str, out: Path | None, as_text: bool) 
                      resolution=incident.resolution or "(resolution steps)",
                      follow_up=incident.follow_up, ended_at=ended,
                      duration=ended - incident.declared_at)
-    ctx = inc.context(app, incident, kind, now, **extra)
+    ctx = composition.context(app, incident, kind, now, **extra)
     person = Personal(email=incident.lead or "you@example.org",
                       name="", reason="as a preview")
     body = (app.renderer.text(kind, ctx, person) if as_text
@@ -587,6 +601,7 @@ def serve(state: State, host: str | None, port: int | None, tick_seconds: float,
     inbound = replace(config.inbound, host=host or config.inbound.host,
                       port=config.inbound.port if port is None else port)
     state._app = Mailflow(replace(config, inbound=inbound))
+    state.app.contacts  # noqa: B018 - a broken contacts.yaml fails now, not at the first reply
     state.app.renderer.check()
     try:
         code = asyncio.run(Daemon(state.app, tick_seconds=tick_seconds).run())

@@ -17,10 +17,9 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .addresses import Rules, normalise, problem
+from .addresses import Rules, check
 from .clock import compact_duration, parse_duration
 from .errors import InvalidInput
-from .quotes import tidy as _tidy
 
 __all__ = [
     "BARE",
@@ -137,13 +136,7 @@ def _one_line(value: str, limit: int) -> str:
 
 
 def _address(value: str, what: str) -> str:
-    address = normalise(value)
-    why = problem(address, _FORM) if address else (
-        "it has no @" if "@" not in value else problem(value.strip().lower(), _FORM)
-        or "write it as name@example.org")
-    if why:
-        raise InvalidInput(f"{value.strip()!r} is not an email address for {what}: {why}")
-    return address
+    return check(value.strip(), f"`{what}:`", _FORM)
 
 
 def next_update_value(value: str) -> str:
@@ -269,7 +262,9 @@ def parse(text: str, names: tuple[str, ...] = REPLY_COMMANDS) -> Parsed:
             commands.extend(found)
             if found and found[0].name == "resolved":
                 break  # the rest is the resolution steps, commands or not
-    return Parsed(tuple(commands), tuple(refused), tuple(lookalikes), _tidy(lines[i:]),
+    from .quotes import tidy  # its tables take ~20 ms to compile: only replies need them
+
+    return Parsed(tuple(commands), tuple(refused), tuple(lookalikes), tidy(lines[i:]),
                   tuple(seen))
 
 

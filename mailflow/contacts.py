@@ -23,7 +23,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from . import clock
-from .addresses import STRICT, Rules, is_valid, normalise, problem
+from .addresses import STRICT, Rules, is_valid, lookup_key, problem
 from .config import SEVERITIES
 from .errors import ContactsError, InvalidInput, NotFound
 from .hours import DEFAULT_HOLD_MILESTONES, WorkingHours, parse_days, parse_hours
@@ -770,9 +770,7 @@ def _kind(node: Node) -> str:
     return _KINDS.get(str(node.tag), f"a value tagged {node.tag}")
 
 
-def _bare_address(text: str) -> str:
-    """Lowercased address from "addr" or "Name <addr>" (the text itself if none: a lookup key)."""
-    return normalise(text) or str(text).strip().lower()
+_bare_address = lookup_key
 
 
 def _compose(text: str, where: str) -> Node | None:

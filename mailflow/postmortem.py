@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from .composition import IMPACTS, SEVERITY_LABELS, field_changes, person_label, phases, worst_of
 from .errors import InvalidInput, TemplateError
-from .incidents import IMPACTS, SEVERITY_LABELS, field_changes, person_label, phases, worst_of
 from .models import Entry, Incident, OutMessage
 from .render import one_line
 

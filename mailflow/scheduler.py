@@ -20,6 +20,7 @@ from .models import Due, Incident, OutMessage
 
 if TYPE_CHECKING:
     from .app import Mailflow
+    from .outbox import Report
 
 log = logging.getLogger(__name__)
 RETRY_FAILED = timedelta(minutes=5)
@@ -32,6 +33,7 @@ class TickReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    delivery: Report | None = None  # the outbox drain that followed (`tick` only)
 
 
 def due_work(now: datetime, limit: int = 200) -> list[Due]:
@@ -221,8 +223,12 @@ HANDLERS: dict[str, Callable[[Mailflow, Incident, Due, datetime], bool]] = {
 
 
 def tick(app: Mailflow, now: datetime) -> TickReport:
-    """Do what is due, then deliver the outbox. Safe to call as often as you like."""
+    """Do what is due, then deliver the outbox. Safe to call as often as you like.
+
+    `mailflow tick` is this; the daemon runs `run_due` and drains the outbox in a task of
+    its own, so that a long fan-out never delays the next tick's deadlines.
+    """
     report = run_due(app, now)
-    delivery = app.deliver_now(now)
-    report.errors.extend(delivery.errors)
+    report.delivery = app.deliver_now(now)
+    report.errors.extend(report.delivery.errors)
     return report

@@ -26,12 +26,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
-
 from . import incidents as inc
 from .errors import InvalidInput, NotFound
 from .models import Entry, Incident, StatusUpdate
-from .render import builtin_templates
 
 if TYPE_CHECKING:
     from .app import Mailflow
@@ -282,7 +279,11 @@ def documents(app: Mailflow, now: datetime, external: bool) -> dict[str, Any]:
     }
 
 
-def _env() -> jinja2.Environment:
+def _env() -> Any:
+    import jinja2  # heavy: only when a page is written, not at CLI start-up
+
+    from .render import builtin_templates
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(builtin_templates() / "status")),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from mailflow import composition, postmortem, report, scheduler
 from mailflow import incidents as inc
-from mailflow import postmortem, report, scheduler
 from mailflow.models import Entry, Incident
 
 from .helpers import NOW, by_rcpt, posted, reply, reply_to_address, text_of
@@ -67,7 +67,7 @@ def test_a_report_is_posted_as_text_and_grouped_in_the_next_update(  # noqa: ANN
     html = update.get_body(("html",)).get_content()
     assert "Status report" in html and "restart php-fpm → no change" in html
     # the next update carries no report: it was news once
-    ctx = inc.context(app, Incident.get_by_id(incident.id), "update", NOW + timedelta(minutes=1))
+    ctx = composition.context(app, Incident.get_by_id(incident.id), "update", NOW + timedelta(minutes=1))
     assert ctx["report"] == []
 
 

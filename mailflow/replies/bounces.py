@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from .headers import _COMMENT, _bare_address, _header, _one_line, _raw_header_values
+from ..addresses import normalise
+from .headers import _COMMENT, _header, _one_line, _raw_header_values
 from .limits import MAX_PARTS
 from .mime import _content_type, _param, _part_text
 
@@ -67,7 +68,7 @@ _DSN_FIELD = re.compile(r"^([A-Za-z-]+)[ \t]*:[ \t]*(.*)$", re.M)
 
 def _dsn_address(value: str) -> str:
     """`rfc822; gone@example.org` -> `gone@example.org`."""
-    return _bare_address(value.split(";", 1)[-1])
+    return normalise(value.split(";", 1)[-1])
 
 
 def _dsn_recipients(part: Message, reasons: list[str] | None = None) -> list[str]:
@@ -134,7 +135,7 @@ def _bounced_recipients(msg: Message | None,
                 stack.extend(p for p in reversed(payload) if isinstance(p, Message))
         for value in _raw_header_values(msg, "x-failed-recipients"):
             for item in value.split(","):
-                address = _bare_address(item)
+                address = normalise(item)
                 if address:
                     found.append(address)
     return tuple(dict.fromkeys(found))

@@ -148,11 +148,6 @@ def _address_in_text(raw: str) -> tuple[str, int] | None:
     return None
 
 
-def _bare_address(value: str) -> str:
-    """A lowercased bare address, or "" when `value` is not one."""
-    return normalise(value)
-
-
 _QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 
@@ -180,26 +175,26 @@ def _parse_from(raw: str) -> tuple[str, str]:
     raw = raw[:_HEADER_CHARS]  # a real From is short; the address parser is not linear
     masked = _masked(raw)
     m = _ANGLE_ADDRESS.search(masked)
-    if m and _bare_address(m.group(1)):
+    if m and normalise(m.group(1)):
         name = raw[: m.start()].strip()
         if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
             name = email.utils.unquote(name)
-        return _display_name(name), _bare_address(m.group(1))
+        return _display_name(name), normalise(m.group(1))
     try:
         pairs = email.utils.getaddresses([raw])
     except Exception:
         pairs = []
     visible = masked.lower()
     for name, addr in pairs:
-        address = _bare_address(addr)
+        address = normalise(addr)
         if address and address in visible:  # `ana@x (Ana)`; not an address in a name
             if not name.strip():
                 found = _address_in_text(masked)
                 name = raw[: found[1]] if found and found[0].lower() == address else ""
             return _display_name(name), address
     found = _address_in_text(masked)
-    if found and _bare_address(found[0]):
-        return _display_name(raw[: found[1]]), _bare_address(found[0])
+    if found and normalise(found[0]):
+        return _display_name(raw[: found[1]]), normalise(found[0])
     return (_display_name(raw) if "@" not in masked else ""), ""
 
 
