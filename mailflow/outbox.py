@@ -244,33 +244,8 @@ class SMTPTransport:
 
     @staticmethod
     async def _data(smtp: aiosmtplib.SMTP, raw: bytes) -> None:
-        """DATA, then the message: only dot-stuffed when its line ends are all CRLF already.
-
-        Outbox content has CRLF line ends (Skeleton writes them), so aiosmtplib's own pass
-        that normalises them, two regular expressions over the whole message (~50 µs, 5% of
-        a transaction), is skipped; anything else still goes through `smtp.data`. The body
-        goes through aiosmtplib's protocol object, `write` then `read_response`, as
-        `smtp.data` does (nothing else uses this connection meanwhile).
-        """
-        crlf = raw.count(b"\r\n")
-        if crlf != raw.count(b"\n") or crlf != raw.count(b"\r") or not raw.endswith(b"\r\n"):
-            await smtp.data(raw)
-            return
-        reply = await smtp.execute_command(b"DATA")
-        if reply.code != 354:
-            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-        body = raw.replace(b"\r\n.", b"\r\n..")  # RFC 5321 4.5.2: a line may not start with "."
-        if body.startswith(b"."):
-            body = b"." + body
-        protocol = smtp.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        try:
-            protocol.write(body + b".\r\n")
-            reply = await protocol.read_response(timeout=smtp.timeout)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-            smtp.close()  # out of step with the relay, as `smtp.data` leaves it
-            raise
+        """DATA and the message through aiosmtplib's public `SMTP.data` (it dot-stuffs)."""
+        reply = await smtp.data(raw)
         if reply.code != 250:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
