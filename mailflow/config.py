@@ -147,7 +147,8 @@ IMAP_TLS = ("implicit", "starttls", "none")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigError]) -> Imap:
+def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigError],
+          oauth2: bool = False) -> Imap:
     """[imap], checked; required when [inbound] mode = "imap"."""
     allowed = {"host", "port", "tls", "username", "password", "folder", "poll_every"}
     for key, value in section.items():
@@ -168,10 +169,11 @@ def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigE
     if not 1 <= port <= 65535:
         raise fail("imap.port", f"{port} is not a TCP port")
     if mode == "imap":
-        for key in ("host", "username", "password"):
+        # With [oauth2], the login is XOAUTH2 with an access token instead of the password.
+        for key in ("host", "username") + (() if oauth2 else ("password",)):
             if not section.get(key):
                 raise fail(f"imap.{key}", "missing: [inbound] mode = \"imap\" needs the "
-                                          "mailbox's host, username and password")
+                                          "mailbox's host, username and password (or [oauth2])")
     try:
         poll_every = parse_duration(section.get("poll_every", "60s"), what="imap.poll_every")
     except InvalidInput as exc:
@@ -507,7 +509,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     mode = get(inb, "mode", str, "smtp", "inbound.")
     if mode not in ("smtp", "imap"):
         raise fail("inbound.mode", f"{mode!r}: use \"smtp\" (the built-in server) or \"imap\"")
-    imap = _imap(get(data, "imap", dict, {}), mode, fail)
+    imap = _imap(get(data, "imap", dict, {}), mode, fail, oauth2="oauth2" in data)
     oauth = parse_oauth2(get(data, "oauth2", dict, {}), fail)
     templates = data.get("templates")
     # The secret is all that stands between a stranger and a valid reply token.

@@ -92,6 +92,7 @@ class EntryKind(StrEnum):
     STRANGERS_TOLD = "strangers-told"
     REMOVED = "removed"  # a person taken off the incident
     RECIPIENT = "recipient"  # someone added to the emails: recorded, not broadcast
+    PUBLISHED = "published"  # an update put out on the external status page
 
 
 class BaseModel(Model):
@@ -289,8 +290,32 @@ class Subscriber(BaseModel):
         indexes = ((("email", "service"), True),)
 
 
+class ImapMessage(BaseModel):
+    """One message read from an IMAP mailbox and what became of it (applied exactly once)."""
+
+    id = AutoField()
+    mailbox = CharField()  # user@host/folder
+    uidvalidity = IntegerField()
+    uid = IntegerField()
+    message_id = CharField()  # Message-ID, or sha256: of the message when it has none
+    outcome = CharField()  # posted | refused | ignored: the folder it is moved to
+    at = UTCDateTimeField()
+
+    class Meta:
+        indexes = ((("mailbox", "uidvalidity", "uid"), True), (("mailbox", "message_id"), False))
+
+
+class ImapState(BaseModel):
+    """Whether the IMAP mailbox can be read, and since when not (`mailflow show` says it)."""
+
+    mailbox = CharField(primary_key=True)
+    down_since = UTCDateTimeField(null=True)
+    error = TextField(default="")
+    checked_at = UTCDateTimeField(null=True)
+
+
 MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage, Alert, StatusUpdate,
-          Subscriber]
+          Subscriber, ImapMessage, ImapState]
 
 
 def open_database(path: Path | str) -> SqliteDatabase:
