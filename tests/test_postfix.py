@@ -6,10 +6,7 @@ import os
 import smtplib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ import pytest
 from mailflow.testing import Sink
 
 from .conftest import T0, write_config
-from .helpers import Process, text_of, wait_for
+from .helpers import Process, send_reply, text_of, wait_for
 from .postfix import Postfix
 
 ADDRESS = "incidents@incidents.example.org"
@@ -48,22 +45,15 @@ def postfix(daemon: Process) -> Iterator[Postfix]:
     server.stop()
 
 
-def send(port: int, to: str, body: str, sender: str = "bob@example.org") -> None:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = sender, to, "Re: [INC-1]"
-    msg["Message-ID"] = f"<{time.monotonic_ns()}@client.example>"
-    msg.set_content(body)
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
-        smtp.sendmail(sender, [to], msg.as_bytes(policy=SMTP))
-
-
 def test_reply_through_postfix_is_posted_and_forged_token_refused_at_rcpt(
         daemon: Process, postfix: Postfix, sink: Sink) -> None:
     wait_for(lambda: len(sink.received) == 2, what="the queued start emails")
     reply_to = sink.received[0].message["Reply-To"]
     assert reply_to.endswith("@incidents.example.org")
 
-    send(postfix.port, reply_to, "send now\n\nIndex rebuilt, app servers back")
+    # Postfix is slower to answer than the daemon: a longer timeout than the default.
+    assert send_reply(postfix.port, reply_to, "send now\n\nIndex rebuilt, app servers back",
+                      timeout=30) == 250
     wait_for(lambda: any(r.message["X-Mailflow-Kind"] == "update" for r in sink.received),
              timeout=30, what="the update posted from the reply relayed by Postfix")
     update = next(r.message for r in sink.received if r.message["X-Mailflow-Kind"] == "update")
@@ -72,7 +62,7 @@ def test_reply_through_postfix_is_posted_and_forged_token_refused_at_rcpt(
     local, domain = reply_to.split("@")
     forged = local[:-4] + ("AAAA" if not local.endswith("AAAA") else "BBBB") + "@" + domain
     with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-        send(postfix.port, forged, "forged")
+        send_reply(postfix.port, forged, "forged", timeout=30)
     code, text = refused.value.recipients[forged]
     assert code == 550, text
     assert b"not a valid incident reply address" in text
