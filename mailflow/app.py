@@ -84,7 +84,10 @@ class Mailflow:
         n = self.config.outbound.concurrency if self.config.outbound.host else 1
         if self._transport_factory is not None:
             return [self._transport_factory() for _ in range(n)]
-        return [make_transport(self.config.outbound, self.config.maildir) for _ in range(n)]
+        from .oauth2 import token_source
+        token = token_source(self.config)
+        return [make_transport(self.config.outbound, self.config.maildir, token)
+                for _ in range(n)]
 
     async def deliver(self, now: datetime, clock: Callable[[], datetime] | None = None,
                       should_stop: Callable[[], bool] | None = None,

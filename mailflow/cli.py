@@ -734,6 +734,14 @@ def _register_alerts() -> None:
 _register_alerts()
 
 
+def _register_oauth2() -> None:
+    from .oauth2_cli import oauth2_group
+    cli.add_command(oauth2_group)
+
+
+_register_oauth2()
+
+
 def main() -> None:
     """Entry point of the `mailflow` script."""
     try:

@@ -14,6 +14,8 @@ from typing import Any
 from .addresses import Rules, check
 from .clock import parse_duration, parse_time
 from .errors import ConfigError, InvalidInput
+from .oauth2 import OAuth2
+from .oauth2 import parse as parse_oauth2
 
 SEVERITIES = ("P0", "P1", "P2", "P3")
 DEFAULT_UPDATE_EVERY = {"P0": "30m", "P1": "1h", "P2": "4h", "P3": "1d"}
@@ -298,6 +300,7 @@ class Config:
     alerts: Alerts = field(default_factory=Alerts)
     status: StatusPage = field(default_factory=StatusPage)
     emails: Emails = field(default_factory=Emails)
+    oauth2: OAuth2 | None = None  # [oauth2]: XOAUTH2 for the relay and the mailbox
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -320,7 +323,8 @@ class Config:
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence", "allow_local_domains", "imap", "http", "alerts",
-        "status", "emails"}
+        "status", "emails",
+        "oauth2"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
         "cafile", "smtputf8", "max_message_size"}
 _IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username",
@@ -506,6 +510,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     if mode not in ("smtp", "imap"):
         raise fail("inbound.mode", f"{mode!r}: use \"smtp\" (the built-in server) or \"imap\"")
     imap = _imap(get(data, "imap", dict, {}), mode, fail, oauth2="oauth2" in data)
+    oauth = parse_oauth2(get(data, "oauth2", dict, {}), fail)
     templates = data.get("templates")
     # The secret is all that stands between a stranger and a valid reply token.
     if "secret" not in data:
@@ -567,6 +572,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         raise fail("cadence.reminder_before", f"must be shorter than the shortest update_every "
                                               f"({shortest}), or no reminder would ever go out")
     return Config(
+        oauth2=oauth,
         path=path.resolve() if path else None,
         database=resolve("database", "mailflow.db"),
         contacts=resolve("contacts", "contacts.yaml"),

@@ -59,7 +59,9 @@ class Daemon:
         self._contacts_mtime = self._mtime()
         self._delivering: asyncio.Task[None] | None = None
         # [inbound] mode = "imap": a current OAuth2 access token for XOAUTH2 (else the password).
-        self.imap_token: Callable[[], str] | None = None
+        from .oauth2 import token_source  # stdlib only: msal is imported by the login alone
+
+        self.imap_token: Callable[[], str] | None = token_source(app.config)
         self.imap: Any = None  # the ImapReader, when replies are read from a mailbox
 
     def _mtime(self) -> float | None:

@@ -21,8 +21,7 @@ from mailflow.testing import Sink
 
 from .conftest import T0
 from .dovecot import Dovecot
-from .helpers import NOW
-from .test_lifecycle import by_rcpt, declare
+from .helpers import NOW, by_rcpt, declare
 
 POSTED, REFUSED, IGNORED = "mailflow/posted", "mailflow/refused", "mailflow/ignored"
 
@@ -283,6 +282,47 @@ def test_xoauth2_login_against_dovecot_oauth2_passdb(httpserver, mailbox_app, si
             bad.connect()
         tokens = [parse_qs(r.get_data(as_text=True)).get("token") for r in httpserver.requests]
         assert tokens == [["good-token"], ["expired-token"]], "Dovecot asked the endpoint"
+    finally:
+        server.close()
+
+
+def test_the_daemon_logs_in_to_the_mailbox_with_a_refreshed_oauth2_token(
+        httpserver, mailbox_app, sink, incident, tmp_path) -> None:  # noqa: ANN001
+    """[oauth2] set: the daemon's reader gets its token from the refresh token, not a password."""
+    from urllib.parse import parse_qs
+
+    from mailflow.daemon import Daemon
+    from mailflow.oauth2 import OAuth2, save, token_path
+
+    # One local HTTP peer plays both parts: the provider's token endpoint (mailflow POSTs
+    # grant_type=refresh_token) and the introspection endpoint Dovecot POSTs the token to.
+    json_headers = {"Content-Type": "application/json"}
+    httpserver.serve_content(json.dumps({"access_token": "fresh-token", "expires_in": 3600,
+                                         "active": True, "email": "replies"}),
+                             headers=json_headers)
+    server = Dovecot(introspection_url=httpserver.url + "/introspect")
+    server.start()
+    try:
+        server.append(reply("Through the token endpoint.", reply_address(sink), n=11))
+        mailbox_app.config = replace(
+            mailbox_app.config,
+            imap=replace(mailbox_app.config.imap, port=server.port, password=""),
+            oauth2=OAuth2(provider="generic", client_id="mailflow",
+                          token_endpoint=httpserver.url + "/token"))
+        save(token_path(mailbox_app.config.database.parent),
+             {"refresh_token": "the-refresh-token", "access_token": "",
+              "expires_at": "2000-01-01T00:00:00+00:00"})
+        token = Daemon(mailbox_app).imap_token
+        assert token is not None, "[oauth2] gives the daemon a token source"
+        r = reader(mailbox_app, token=token)
+        r.connect()
+        assert r.drain() == 1
+        r.disconnect()
+        assert updates(incident) == ["Through the token endpoint."]
+        forms = [parse_qs(q.get_data(as_text=True)) for q in httpserver.requests]
+        assert forms[0]["grant_type"] == ["refresh_token"]
+        assert forms[0]["refresh_token"] == ["the-refresh-token"]
+        assert forms[1]["token"] == ["fresh-token"], "Dovecot checked the refreshed token"
     finally:
         server.close()
 
