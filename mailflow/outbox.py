@@ -254,7 +254,13 @@ class SMTPTransport:
 
     @staticmethod
     async def _data(smtp: aiosmtplib.SMTP, raw: bytes) -> None:
-        """DATA and the message through aiosmtplib's public `SMTP.data` (it dot-stuffs)."""
+        """DATA and the message through aiosmtplib's public `SMTP.data` (it dot-stuffs).
+
+        `SMTP.data` runs two regular expressions over every message (line ends, then dots):
+        ~120 µs for a 7.8 KB update, where counting and replacing bytes took ~20 µs, which
+        makes one connection ~10 % slower than driving the protocol object did. The raw
+        baseline pays the same; two connections by default more than make up for it.
+        """
         reply = await smtp.data(raw)
         if reply.code != 250:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
