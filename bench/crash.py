@@ -4,7 +4,8 @@ Run by hand: `python bench/crash.py [--runs 3] [--senders 8] [--replies 100]
 [--recipients 500] [--crashes 5]`. One line a run: replies sent / acknowledged (250) /
 found in the timeline; emails queued / delivered to the sink / duplicated / missing;
 crashes. "OK" means every acknowledged reply is in the timeline exactly once, every
-queued email reached the sink, and no more duplicates than crashes.
+queued email reached the sink, and no more duplicates than one per connection per crash
+(`[outbound] concurrency`, 2 by default: each connection may have one email in flight).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ port = 587
 starttls = true
 # username = "mailflow"
 # password = "..."
-concurrency = 1                  # parallel SMTP connections
+concurrency = 2                  # parallel SMTP connections
 retry_for = "1d"                 # give up on a temporarily failing email after this long
 max_message_size = 1048576       # bytes; no email is bigger (older updates are left out)
 # cafile = "relay-ca.pem"        # the relay's private CA (default: the system's CAs)
@@ -97,7 +97,7 @@ class Outbound:
     starttls: bool = True
     username: str = ""
     password: str = ""
-    concurrency: int = 1
+    concurrency: int = 2
     timeout: float = 30.0
     retry_for: timedelta = timedelta(days=1)
     cafile: Path | None = None  # a private CA for the relay's certificate; default: the system's
@@ -498,7 +498,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     for key, port in (("outbound.port", port_out), ("inbound.port", port_in)):
         if not 0 <= port <= 65535:
             raise fail(key, f"{port} is not a TCP port")
-    concurrency = get(out, "concurrency", int, 1, "outbound.")
+    concurrency = get(out, "concurrency", int, 2, "outbound.")
     if not 1 <= concurrency <= 32:
         raise fail("outbound.concurrency", "must be between 1 and 32")
     max_size = get(inb, "max_size", int, 10 * 1024 * 1024, "inbound.")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -163,23 +165,40 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @dataclass
 class MarkChecker(SinkHandler):
-    """A sink that, as each message's DATA ends, checks every earlier one is marked sent."""
+    """A sink that, as each message's DATA ends, checks that every earlier message on the
+    same connection is marked sent (and counts those of other connections that are not)."""
 
     database: Path = Path()
     unmarked: list[tuple[int, int]] = field(default_factory=list)  # (accepted, marked)
+    by_connection: dict[int, list[str]] = field(default_factory=dict)  # Message-IDs
+    others_unmarked: int = 0  # the most messages of other connections unmarked at a DATA
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        mine = self.by_connection.setdefault(id(session), [])
         with contextlib.closing(sqlite3.connect(self.database)) as db:
-            marked = db.execute("SELECT count(*) FROM outmessage WHERE status = 'sent'").fetchone()
-        if marked[0] != len(self.received):
-            self.unmarked.append((len(self.received), marked[0]))
+            marked = db.execute(
+                "SELECT count(*) FROM outmessage WHERE status = 'sent' "
+                "AND message_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(mine),)).fetchone()[0]
+            everywhere = db.execute(
+                "SELECT count(*) FROM outmessage WHERE status = 'sent'").fetchone()[0]
+        if marked != len(mine):
+            self.unmarked.append((len(mine), marked))
+        self.others_unmarked = max(self.others_unmarked,
+                                   len(self.received) - everywhere - (len(mine) - marked))
+        found = re.search(rb"^Message-ID: (<[^>]+>)", envelope.original_content, re.M)
+        assert found, "every outbox email has a Message-ID"
+        mine.append(found.group(1).decode())
         return await super().handle_DATA(server, session, envelope)
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
 def test_each_sent_mark_is_committed_before_the_next_data(
-        tmp_path: Path, small_batches: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, small_batches: None, monkeypatch: pytest.MonkeyPatch,
+        concurrency: int) -> None:
     # The mark of message k commits in the background while k+1's envelope goes out, but
-    # before its DATA: a crash can only ever re-send the one message in flight.
+    # before its DATA: a crash can only ever re-send the one message in flight on each
+    # connection.
     mark = outbox.Outbox._mark_sent
 
     def slow_mark(self: outbox.Outbox, *args: Any) -> None:
@@ -189,7 +208,11 @@ def test_each_sent_mark_is_committed_before_the_next_data(
     monkeypatch.setattr(outbox.Outbox, "_mark_sent", slow_mark)
     checker = MarkChecker()
     with Sink(handler=checker) as sink:
-        app = Mailflow(load_config(write_config(tmp_path, sink.port)))
+        extra = "" if concurrency == 2 else f"concurrency = {concurrency}\n"
+        config = write_config(tmp_path, sink.port)
+        config.write_text(config.read_text() + extra)  # [outbound] is the last table
+        app = Mailflow(load_config(config))
+        assert app.config.outbound.concurrency == concurrency  # 2: the default
         checker.database = app.config.database
         incident = declare(app, impacted=MANY)
         inc.post_update(app, incident, "Still down", "ana@example.org", at(1))
@@ -197,7 +220,9 @@ def test_each_sent_mark_is_committed_before_the_next_data(
         report = app.deliver_now(at(1))
         app.close()
     assert report.sent == 24 and len(checker.received) == 24
+    assert len(checker.by_connection) == concurrency, "each connection was used"
     assert checker.unmarked == []
+    assert checker.others_unmarked <= concurrency - 1  # at most one in flight per connection
 
 
 def test_batches_claimed_ahead_keep_each_recipients_order(app: Mailflow, sink: Sink,
