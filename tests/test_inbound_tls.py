@@ -107,5 +107,6 @@ def test_outbound_starttls_and_auth_to_the_relay(tmp_path: Path,
         declare(app, impacted=[])
         report = app.deliver_now(T0)
         assert report.sent == 2 and not report.errors
-        assert len(relay.received) == 2 and logins == [b"desk"]
+        # Each of the two connections (the default concurrency) logs in once.
+        assert len(relay.received) == 2 and logins == [b"desk", b"desk"]
         app.close()
