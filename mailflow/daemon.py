@@ -123,7 +123,7 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
         loop = asyncio.get_running_loop()
         cfg = self.app.config
-        handler = InboundHandler(self.app, self.now, on_posted=self._wake.set)
+        handler = InboundHandler(self.app, self.now, on_posted=self._wake.set, apply_after=True)
         loop.set_exception_handler(calm_exceptions)
         _enough_file_descriptors(cfg.inbound.max_connections)
         gate = Gate(cfg.inbound)
@@ -193,7 +193,7 @@ class Daemon:
         await gate.close_all()
         if server is not None:
             await server.wait_closed()
-        handler.close()
+        await asyncio.to_thread(handler.close)  # applies the accepted replies still waiting
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("stopped")

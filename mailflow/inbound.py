@@ -25,11 +25,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from peewee import OperationalError
 
 from . import clock
+from .accepted import Backlog
 from .config import Inbound
 from .incidents import read_under_lock
-from .models import Incident
+from .models import Accepted, Incident
 from .posting import accept_declaration, accept_reply
-from .replies import parse_reply
+from .replies import header_sender, parse_reply
 from .tokens import split_address, verify
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ class InboundHandler:
     WORKERS = 4  # SQLite has one writer; more threads would only wait for its lock
 
     def __init__(self, app: Mailflow, now: Callable[[], datetime] = clock.now,
-                 on_posted: Callable[[], Any] | None = None) -> None:
+                 on_posted: Callable[[], Any] | None = None, apply_after: bool = False) -> None:
         self.app = app
         self.now = now
         self.on_posted = on_posted  # wakes the outbox sender when a reply queued mail
@@ -203,7 +204,19 @@ class InboundHandler:
         # own SQLite connection (peewee's connection state is per thread).
         self.executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="mailflow-inbound")
         self._known: set[int | str] = set()  # incident ids seen to exist (see `_exists`)
+        self._refs: dict[int, str] = {}  # incidents past their draft (never one again): ref
         self.group = GroupCommit(app.db)
+        # apply_after (the daemon): replies whose answer is certain are answered 250 once
+        # stored, and applied after it (accepted.py). Without it every reply is applied
+        # before its answer (tests of the outcomes, the IMAP reader's folders).
+        self.backlog: Backlog | None = None
+        if apply_after:
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            self.backlog = Backlog(app.db, self.group, self._apply_accepted, self._parse_accepted,
+                                   on_queued=self._queued_from_thread(loop))
 
     @property
     def limits(self) -> Inbound:
@@ -211,8 +224,24 @@ class InboundHandler:
         return self.app.config.inbound
 
     def close(self) -> None:
-        """Let the messages being processed finish, then stop the worker threads."""
+        """Let the messages being processed finish, apply the accepted ones, stop the threads."""
         self.executor.shutdown(wait=True)
+        if self.backlog is not None:
+            self.backlog.close()
+
+    def _queued_from_thread(self, loop: asyncio.AbstractEventLoop | None
+                            ) -> Callable[[], None] | None:
+        """`on_posted`, callable from the applier thread (an asyncio.Event is not thread-safe)."""
+        on_posted = self.on_posted
+        if on_posted is None:
+            return None
+
+        def notify() -> None:
+            if loop is None:
+                on_posted()
+            else:
+                loop.call_soon_threadsafe(on_posted)
+        return notify
 
     def is_base(self, address: str) -> bool:
         """The reply address without a token: where incidents are declared by email."""
@@ -330,8 +359,62 @@ class InboundHandler:
         return self._process(envelope, None)[0]
 
     def _process(self, envelope: Envelope, budget: _Budget | None) -> tuple[str, bool]:
-        return self.process(envelope.original_content or b"", envelope.mail_from or "",
-                            list(envelope.rcpt_tos), budget)
+        raw, mail_from = envelope.original_content or b"", envelope.mail_from or ""
+        rcpt_tos = list(envelope.rcpt_tos)
+        if self.backlog is not None:
+            answer = self._accept(raw, mail_from, rcpt_tos, budget)
+            if answer is not None:
+                return answer, False
+        return self.process(raw, mail_from, rcpt_tos, budget)
+
+    def _accept(self, raw: bytes, mail_from: str, rcpt_tos: list[str],
+                budget: _Budget | None) -> str | None:
+        """Store a reply whose answer is certain and answer 250; None: apply it first.
+
+        Certain: one incident past its draft, and a From address of contacts.yaml, which may
+        always post (`posting.may_post`): whatever the reply says, its answer is 250. The
+        reply is in the database (fsynced) before the answer, and applied by the backlog.
+        """
+        assert self.backlog is not None
+        if self.backlog.full():
+            return None
+        max_parts = self.limits.max_parts
+        if count_parts(raw, max_parts) > max_parts:
+            return None  # refused by `process`, with its message
+        targets = {self.target(a) for a in rcpt_tos}
+        if len(targets) != 1:
+            return None
+        target = targets.pop()
+        if not isinstance(target, int) or isinstance(target, bool):
+            return None
+        ref = self._refs.get(target)
+        if ref is None:
+            incident = self._incident(target)
+            if incident is None or incident.status == "draft":
+                return None
+            ref = self._refs[target] = incident.ref
+        if not self.app.contacts.knows(header_sender(raw)):
+            return None
+        if budget is not None and budget.remaining() <= 0:
+            raise _Late
+        now, backlog = self.now(), self.backlog
+        self.group.run(lambda: backlog.store(target, now, mail_from, raw), budget)
+        backlog.stored()
+        return smtp_answer(250, f"2.0.0 accepted for {ref}; applied in the order received")
+
+    def _parse_accepted(self, row: Accepted) -> Any:
+        """The backlog's parse of a stored reply (outside the write lock)."""
+        return parse_reply(row.content, envelope_from=row.mail_from)
+
+    def _apply_accepted(self, row: Accepted, reply: Any) -> bool:
+        """The backlog's apply of a stored reply, inside its savepoint: whether mail was queued."""
+        before = self.app.outbox.queued
+        code, message = self._apply(row.incident_id, reply, bytes(row.content), row.mail_from,
+                                    row.received_at)
+        if code >= 400:  # contacts.yaml changed, or the incident was deleted, since the 250
+            log.warning("reply from %s to INC-%d, answered 250, not applied: %s",
+                        reply.sender or "<>", row.incident_id, message)
+        return self.app.outbox.queued != before
 
     def process(self, raw: bytes, mail_from: str | None, rcpt_tos: list[str],
                 budget: _Budget | None = None) -> tuple[str, bool]:
@@ -429,10 +512,15 @@ class _Busy(asyncio.Protocol):
         transport.close()
 
 
-@functools.lru_cache(maxsize=4096)
+_COMMAND_NAMES: dict[type, list[str]] = {}
+
+
 def _command_names(cls: type) -> list[str]:
     """The smtp_* and auth_* attribute names of a protocol class."""
-    return [n for n in dir(cls) if n.startswith(("smtp_", "auth_"))]
+    names = _COMMAND_NAMES.get(cls)
+    if names is None:
+        names = _COMMAND_NAMES[cls] = [n for n in dir(cls) if n.startswith(("smtp_", "auth_"))]
+    return names
 
 
 @functools.lru_cache(maxsize=4096)
@@ -442,12 +530,13 @@ def _smtp_address(arg: str, local_part_limit: int) -> tuple[str | None, str | No
         return "", ""
     try:
         if arg.lstrip().startswith("<"):
-            address, rest = get_angle_addr(arg)
+            angle, rest = get_angle_addr(arg)
+            addr = angle.addr_spec
         else:
-            address, rest = get_addr_spec(arg)
+            spec, rest = get_addr_spec(arg)
+            addr = spec.addr_spec
     except HeaderParseError:
         return None, None
-    addr = address.addr_spec
     localpart = addr.rpartition("@")[0]
     if local_part_limit and len(localpart) > local_part_limit:
         return None, None

@@ -323,6 +323,23 @@ def _m0010_imap_messages(db: Database, migrator: SchemaMigrator) -> None:
     db.create_tables([ImapMessage, ImapState], safe=True)
 
 
+def _m0012_accepted_replies(db: Database, migrator: SchemaMigrator) -> None:
+    """Replies answered 250 and not applied yet (the daemon applies them after answering)."""
+
+    class Accepted(Model):
+        id = AutoField()
+        incident_id = IntegerField()
+        received_at = DateTimeField()
+        mail_from = CharField(default="")
+        content = BlobField(column_name="raw")  # not `raw`: that is peewee's Model.raw()
+
+        class Meta:
+            database = db
+            table_name = "accepted"
+
+    db.create_tables([Accepted], safe=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
@@ -335,6 +352,8 @@ MIGRATIONS: list[Migration] = [
               _m0008_outbox_priority_and_failure_notice),
     Migration("0009_recipient_via", _m0009_recipient_via),
     Migration("0010_imap_messages", _m0010_imap_messages),
+    # 0011 is left to the instances table of the PostgreSQL work.
+    Migration("0012_accepted_replies", _m0012_accepted_replies),
 ]
 
 

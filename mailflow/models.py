@@ -246,6 +246,16 @@ class InMessage(BaseModel):
         indexes = ((("incident", "message_id"), False),)
 
 
+class Accepted(BaseModel):
+    """A reply answered 250 but not applied yet; deleted in the transaction that applies it."""
+
+    id = AutoField()
+    incident_id = IntegerField()  # not a foreign key: a reply to a deleted incident is dropped
+    received_at = UTCDateTimeField()
+    mail_from = CharField(default="")
+    content = BlobField(column_name="raw")
+
+
 class Alert(BaseModel):
     """An alert group from a monitoring system, and the draft (or incident) it opened."""
 
@@ -315,7 +325,7 @@ class ImapState(BaseModel):
 
 
 MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage, Alert, StatusUpdate,
-          Subscriber, ImapMessage, ImapState]
+          Subscriber, ImapMessage, ImapState, Accepted]
 
 
 def open_database(path: Path | str) -> SqliteDatabase:
