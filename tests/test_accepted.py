@@ -9,8 +9,8 @@ from pathlib import Path
 from mailflow.app import Mailflow
 from mailflow.config import load_config
 from mailflow.inbound import InboundHandler
-from mailflow.testing import Sink, write_config
 from mailflow.models import Accepted, Incident, InMessage, OutMessage
+from mailflow.testing import Sink, write_config
 
 from .helpers import NOW, InboundServer, posted, reply, reply_to_address
 
