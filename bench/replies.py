@@ -9,9 +9,10 @@ servers get the same load, each in its own process:
             message in memory: the cost of SMTP alone (the baseline).
 * mailflow: `python -m mailflow.cli --config … serve --port 0 --tick 1`, the real daemon; the
             port is read from its `listening for replies on 127.0.0.1:PORT` log line. For each
-            reply it checks the signed Reply-To token at RCPT, then at DATA parses the reply,
-            checks the sender may post, writes the update and the raw message in one fsynced
-            SQLite transaction, and only then answers 250 (then its tick runs on the wake-up).
+            reply it checks the signed Reply-To token at RCPT, then at DATA reads the From
+            header (a contact may always post), stores the raw message in one fsynced SQLite
+            transaction, and only then answers 250; it parses and applies the reply after
+            (the script waits for that before the next run and prints how long it took).
 
 The load: --senders threads (smtplib) start together; each sends --replies replies, one SMTP
 connection per reply (connect, EHLO, MAIL, RCPT to the incident's signed address, DATA, QUIT).
