@@ -1,5 +1,8 @@
 """The aiosmtpd handler for replies: RCPT checks the signed token, DATA parses, commits, 250.
 
+In the daemon (`apply_after`), a reply whose answer is certain is committed as received,
+answered 250, and parsed and applied after it by the backlog (accepted.py).
+
 No sender stalls the event loop: parsing and the database run on worker threads with a
 time budget ([inbound] process_timeout), and the server caps connections, unfinished DATA,
 recipients and MIME parts.
