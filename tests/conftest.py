@@ -61,3 +61,20 @@ def dovecot() -> Iterator[object]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server for the whole session, data in a temp dir, loopback port."""
+    from .postgres import Postgres
+
+    server = Postgres()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(postgres_server: Any) -> str:
+    """The URL of a new, empty PostgreSQL database for this test."""
+    return str(postgres_server.fresh())
