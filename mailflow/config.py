@@ -21,7 +21,7 @@ DEFAULT_UPDATE_EVERY = {"P0": "30m", "P1": "1h", "P2": "4h", "P3": "1d"}
 EXAMPLE_TOML = """\
 # mailflow configuration. Every key is optional; these are the defaults.
 # Paths are relative to this file.
-database = "mailflow.db"
+database = "mailflow.db"          # or "postgresql://mailflow@db.example.org/mailflow" (several daemons)
 contacts = "contacts.yaml"
 # templates = "templates"        # a folder of your own overrides of the built-in templates
 from = "Incident Desk <incidents@example.org>"
@@ -274,11 +274,36 @@ def _extras(data: dict[str, Any], base: Path, fail: Any, get: Any,
 
 
 @dataclass(frozen=True)
+class Ha:
+    """[ha]: several daemons on one PostgreSQL database."""
+
+    # A dead or cut-off scheduler holder is replaced within this time; heartbeats go at a
+    # third of it, and an instance silent for longer is shown as gone.
+    takeover: timedelta = timedelta(seconds=30)
+
+
+def _ha(section: Any, fail: Callable[[str, str], ConfigError]) -> Ha:
+    """[ha], checked."""
+    if not isinstance(section, dict):
+        raise fail("ha", "must be a table ([ha])")
+    unknown = set(section) - {"takeover"}
+    if unknown:
+        raise fail(f"ha.{sorted(unknown)[0]}", "unknown key; known: takeover")
+    try:
+        takeover = parse_duration(str(section.get("takeover", "30s")))
+    except InvalidInput as exc:
+        raise fail("ha.takeover", str(exc).split(": ", 1)[-1]) from None
+    if not timedelta(seconds=3) <= takeover <= timedelta(minutes=10):
+        raise fail("ha.takeover", f"{section.get('takeover')} is out of range: 3s to 10m")
+    return Ha(takeover=takeover)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything mailflow needs to know, resolved to absolute paths."""
 
     path: Path | None
-    database: Path
+    database: Path | str  # a SQLite file, or a postgresql:// URL (str)
     contacts: Path
     templates: Path | None
     maildir: Path
@@ -296,6 +321,7 @@ class Config:
     alerts: Alerts = field(default_factory=Alerts)
     status: StatusPage = field(default_factory=StatusPage)
     emails: Emails = field(default_factory=Emails)
+    ha: Ha = field(default_factory=Ha)
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -318,7 +344,7 @@ class Config:
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence", "allow_local_domains", "imap", "http", "alerts",
-        "status", "emails"}
+        "status", "emails", "ha"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
         "cafile", "smtputf8", "max_message_size"}
 _IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
@@ -387,6 +413,13 @@ def _emails_section(section: Any, fail: Any, get: Any) -> Emails:
         raise fail("emails.updates_in_full" if in_full < 1 else "emails.update_max_chars",
                    "too small: at least 1 update and 200 characters")
     return Emails(subject_style=style, updates_in_full=in_full, update_max_chars=max_chars)
+
+
+def _database(value: str, base: Path) -> Path | str:
+    """A postgresql:// URL as given (libpq reads it), else the SQLite file's absolute path."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    return (base / value).resolve()
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -560,7 +593,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
                                               f"({shortest}), or no reminder would ever go out")
     return Config(
         path=path.resolve() if path else None,
-        database=resolve("database", "mailflow.db"),
+        database=_database(get(data, "database", str, "mailflow.db"), base),
         contacts=resolve("contacts", "contacts.yaml"),
         templates=resolve("templates", ".") if templates is not None else None,
         maildir=resolve("maildir", "mail"),
@@ -604,4 +637,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         imap=imap,
         **_extras(data, base, fail, get, check_keys),
         emails=emails,
+        ha=_ha(data.get("ha", {}), fail),
     )

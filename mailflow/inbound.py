@@ -23,7 +23,7 @@ from peewee import OperationalError
 
 from . import clock
 from .config import Inbound
-from .models import Incident
+from .models import Incident, wait_at_most
 from .posting import accept_declaration, accept_reply
 from .replies import parse_reply
 from .tokens import split_address, verify
@@ -262,7 +262,7 @@ class InboundHandler:
                 raise _Late
             # Wait for another writer only as long as the budget allows (this thread's own
             # connection), instead of the connection's default 10 s.
-            db.execute_sql(f"PRAGMA busy_timeout = {max(1, int(budget.remaining() * 1000))}")
+            wait_at_most(db, budget.remaining())
         before = self.app.outbox.queued
         now = self.now()
         # One transaction for every recipient: all of the message is committed before the

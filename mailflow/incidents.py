@@ -16,7 +16,7 @@ from .addresses import STRICT, Rules, rules_of
 from .clock import as_utc, format_duration, parse_duration
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
-from .models import Due, Entry, Incident, OutMessage, Recipient
+from .models import Due, Entry, Incident, OutMessage, Recipient, is_postgres
 from .render import Envelope, Personal, clean_text, one_line
 from .tokens import reply_address
 
@@ -88,7 +88,11 @@ def locked(app: Mailflow, incident: Incident) -> Iterator[Incident]:
     resolved it must not be saved back over the resolution.
     """
     with app.db.atomic("IMMEDIATE"):
-        fresh = Incident.get_by_id(incident.id)
+        query = Incident.select().where(Incident.id == incident.id)
+        if is_postgres(app.db):
+            # Row locks, not a database lock: other incidents' work goes on meanwhile.
+            query = query.for_update()
+        fresh = query.get()
         incident.__data__.update(fresh.__data__)
         incident._dirty.clear()
         yield incident

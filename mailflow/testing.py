@@ -45,13 +45,15 @@ services:
 """
 
 
-def write_config(folder: Path, port: int | None, extra: str = "") -> Path:
-    """A mailflow.toml in `folder` sending to 127.0.0.1:port (Maildir when port is None)."""
+def write_config(folder: Path, port: int | None, extra: str = "",
+                 database: str = "state/mailflow.db") -> Path:
+    """A mailflow.toml in `folder` sending to 127.0.0.1:port (Maildir when port is None);
+    `database` a SQLite path or a postgresql:// URL."""
     outbound = (f'[outbound]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n'
                 if port else "")
     path = folder / "mailflow.toml"
     path.write_text(
-        'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\n'
+        f'database = "{database}"\ncontacts = "contacts.yaml"\n'
         'from = "Incident Desk <incidents@example.org>"\nreply_to = "incidents@example.org"\n'
         f'secret = "test-secret-0123456789"\n{extra}\n{outbound}',
         encoding="utf-8",

@@ -27,9 +27,18 @@ def sink() -> Iterator[Sink]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, sink: Sink) -> Path:
-    """A folder with mailflow.toml (relay = the sink) and the example contacts.yaml."""
-    write_config(tmp_path, sink.port)
+def backend() -> str:
+    """The database the `project` uses; modules that run on both override it with params."""
+    return "sqlite"
+
+
+@pytest.fixture
+def project(tmp_path: Path, sink: Sink, backend: str, request: pytest.FixtureRequest) -> Path:
+    """A folder with mailflow.toml (relay = the sink) and the example contacts.yaml; its
+    database a SQLite file, or a fresh PostgreSQL database when `backend` is postgresql."""
+    database = request.getfixturevalue("pg_url") if backend == "postgresql" \
+        else "state/mailflow.db"
+    write_config(tmp_path, sink.port, database=database)
     return tmp_path
 
 
@@ -61,6 +70,9 @@ def dovecot() -> Iterator[object]:
     server.start()
     yield server
     server.close()
+
+
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(scope="session")

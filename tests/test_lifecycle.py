@@ -15,7 +15,7 @@ from mailflow.errors import InvalidInput, NotFound
 from mailflow.models import Entry, Incident, OutMessage, Recipient
 from mailflow.testing import Sink
 
-from .conftest import T0
+from .conftest import BACKENDS, T0
 
 ORANGE = "#ffe8cc"  # the .new background in templates/base.html
 GREEN = "#dafbe1"  # the .green background
@@ -263,3 +263,9 @@ def test_a_stale_copy_cannot_reopen_a_resolved_incident(app: Mailflow, sink: Sin
         inc.send_update(app, stale, T0 + timedelta(minutes=31))
     fresh = Incident.get_by_id(stale.id)
     assert fresh.status == "resolved" and fresh.next_comm_at is None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here that uses a project runs on SQLite and on PostgreSQL."""
+    return str(request.param)
