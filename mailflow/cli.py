@@ -717,6 +717,14 @@ def _register_alerts() -> None:
 _register_alerts()
 
 
+def _register_status() -> None:
+    from .ha_cli import status
+    cli.add_command(status)
+
+
+_register_status()
+
+
 def main() -> None:
     """Entry point of the `mailflow` script."""
     try:

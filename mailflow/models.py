@@ -3,6 +3,7 @@ timeline, recipients, outbox, due work."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import datetime
@@ -286,7 +287,22 @@ class PostgresDatabase(Psycopg3Database):
     def atomic(self, *args: Any, **kwargs: Any) -> Any:
         """A transaction (or savepoint); SQLite lock types are ignored."""
         args = tuple(a for a in args if a not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"))
+        self._drop_if_broken()
         return super().atomic(*args, **kwargs)
+
+    def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Run a statement; a connection the server dropped (restart, failover) is replaced."""
+        self._drop_if_broken()
+        return super().execute_sql(sql, params, *args, **kwargs)
+
+    def _drop_if_broken(self) -> None:
+        # Only between transactions: inside one, the error must reach the caller (the reply
+        # gets a 4xx, the tick is retried), never be replayed on a new connection.
+        conn = self._state.conn
+        if conn is not None and (conn.broken or conn.closed) and not self.in_transaction():
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._state.reset()  # the next statement connects again (autoconnect)
 
 
 def wait_at_most(db: Database, seconds: float) -> None:

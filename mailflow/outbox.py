@@ -427,6 +427,11 @@ class _Lane:
                     done.set_result(job(conn, *args))
                 except BaseException as exc:  # handed to whoever waits for the job
                     done.set_exception(exc)
+                    if conn is not None and getattr(conn, "broken", False):
+                        # The PostgreSQL server dropped it: connect again at the next job.
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
         finally:
             if conn is not None:
                 conn.close()
@@ -459,6 +464,9 @@ class Outbox:
         self._writing = threading.Lock()
         self._postgres = isinstance(db, PostgresqlDatabase)
         self._claimer: int | None = None
+        # A mark failed on PostgreSQL: the server may have dropped our connections, and with
+        # them our claims, which another instance may take now. Stop sending this batch.
+        self._lost = False
         if self._postgres:
             # Several instances share the outbox: rows are claimed with SKIP LOCKED, and a
             # claim is void once its claimer's connection is gone from the server.
@@ -644,6 +652,7 @@ class Outbox:
         except Exception:
             # It went out; unmarked, it will be sent again once its lease ends.
             log.exception("could not mark the email to %s as sent", msg.recipient)
+            self._lost = self._postgres
 
     async def deliver(self, transport: Transport, now: datetime, concurrency: int = 1,
                       transports: Sequence[Transport] = (),
@@ -656,6 +665,7 @@ class Outbox:
         SIGTERM end a long run between two messages.
         """
         report = Report()
+        self._lost = False
         clock = clock or (lambda: now)
         stop = should_stop or (lambda: False)
         workers = [transport, *transports][: max(1, concurrency)]
@@ -699,7 +709,7 @@ class Outbox:
         try:
             while len(queue) > keep:
                 now = clock()
-                if now >= lease_end or stop():
+                if now >= lease_end or stop() or self._lost:
                     return  # what is left stays claimed until the lease ends, then is re-sent
                 if self.urgent:
                     # The lead's reminder was queued during this drain: it goes next, not
