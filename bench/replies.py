@@ -66,9 +66,9 @@ from mailflow import clock, tokens
 from mailflow import incidents as inc
 from mailflow.app import Mailflow
 from mailflow.config import load_config
-from mailflow.testing import write_config
 from mailflow.models import Entry, InMessage, open_database
 from mailflow.replies import parse_reply
+from mailflow.testing import write_config
 
 SENDERS = (("Bob Stone", "bob@example.org"), ("Ana Lima", "ana@example.org"),
            ("Chloe Martin", "chloe@example.org"), ("Dan Boss", "dan@example.org"),
@@ -425,9 +425,9 @@ def main() -> None:
     med = statistics.median
     print(f"median of {args.repeat} ({size / 1024:.1f} KiB per reply):")
     problems = summary("sink", base, total) + summary("mailflow", runs, total) + problems
-    ratio = [m.rate / b.rate for m, b in zip(runs, base)]
-    p50 = [m.latency_ms(50) / b.latency_ms(50) for m, b in zip(runs, base)]
-    p99 = [m.latency_ms(99) / b.latency_ms(99) for m, b in zip(runs, base)]
+    ratio = [m.rate / b.rate for m, b in zip(runs, base, strict=False)]
+    p50 = [m.latency_ms(50) / b.latency_ms(50) for m, b in zip(runs, base, strict=False)]
+    p99 = [m.latency_ms(99) / b.latency_ms(99) for m, b in zip(runs, base, strict=False)]
     print("ratio mailflow/sink:")
     print(f"  replies/s   : {med(ratio):6.3f}  (1.0 = a reply costs no more than SMTP itself)")
     print(f"  p50 latency : {med(p50):6.1f}x")

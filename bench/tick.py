@@ -49,10 +49,10 @@ from typing import Any
 
 from mailflow.app import Mailflow
 from mailflow.config import load_config
-from mailflow.testing import write_config
-from mailflow.models import MODELS, Due, Incident
 from mailflow.incidents import threshold_label
+from mailflow.models import MODELS, Due, Incident
 from mailflow.scheduler import due_work, run_due
+from mailflow.testing import write_config
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)  # `now` of every timed tick
 CHUNK = 500  # rows per INSERT statement

@@ -36,7 +36,8 @@ def rules_of(config: Any) -> Rules:
 
 
 # Anything that cannot be inside a bare address; what is left is checked by `problem`.
-_SHAPE = re.compile(r"[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+@[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+")
+_ATOM = r"[^@\s<>()\[\],;:\"\x00-\x1f\x7f-\x9f]+"
+_SHAPE = re.compile(_ATOM + "@" + _ATOM)
 _ANGLE = re.compile(r"<\s*([^<>]*?)\s*>")
 # RFC 5322 atext: the characters of an unquoted local part, between single dots.
 _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
@@ -53,6 +54,11 @@ def normalise(value: str) -> str:
     if text.startswith("mailto:"):
         text = text[len("mailto:"):]
     return text if len(text) <= 320 and _SHAPE.fullmatch(text) else ""
+
+
+def lookup_key(value: str) -> str:
+    """The key a person or list member is found by: the bare address, else the text itself."""
+    return normalise(value) or str(value).strip().lower()
 
 
 def problem(address: str, rules: Rules = STRICT) -> str | None:

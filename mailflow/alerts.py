@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import commands
 from . import incidents as inc
+from .composition import IMPACTS
 from .errors import InvalidInput, MailflowError
-from .models import Alert, Due, Incident, InMessage
+from .models import Alert, Due, Incident, InMessage, Status
 from .render import one_line
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ SEVERITY_MAP = {"critical": "P1", "page": "P1", "high": "P1", "error": "P2", "ma
                 "warning": "P2", "minor": "P3", "info": "P3", "low": "P3", "none": "P3"}
 DEFAULT_SEVERITY = "P2"
 DUE_KIND = "alert-page"
-ACTIVE = ("draft", "open")  # an alert group's draft or incident that repeats update
+ACTIVE = (Status.DRAFT, Status.OPEN)  # an alert group's draft or incident that repeats update
 
 
 class AlertError(InvalidInput):
@@ -201,7 +203,7 @@ def _draft(app: Mailflow, service: str, title: str, group: AlertGroup,
     incident = Incident.create(
         service=service, service_title=title, severity=severity, impact=impact,
         summary=group.summary, impacted=[], declared_at=now, subject="(pending)",
-        status="draft", lead=people[0] if people else None)
+        status=Status.DRAFT, lead=people[0] if people else None)
     incident.subject = one_line(f"[{incident.ref}] {title}: {impact}")
     incident.save()
     inc.log(incident, now, "alert", f"draft from a {group.source} alert: {group.summary}",
@@ -231,7 +233,7 @@ def _ask(app: Mailflow, incident: Incident, person: str, now: datetime,
         "(optional lines below it: `severity: P1`, `impact: outage`, `summary: …`), or "
         "reply `dismiss` if it needs no communication.",
         f"Today it would go out as {incident.severity}, "
-        f"{inc.IMPACTS[incident.impact]}.",
+        f"{IMPACTS[incident.impact]}.",
     ]
     if reminder:
         paragraphs.insert(0, f"Nobody has declared or dismissed {incident.ref} yet; the first "
@@ -266,31 +268,25 @@ DUE_HANDLERS = {DUE_KIND: _page}
 # --- declare or dismiss -------------------------------------------------------------------
 
 _VERB = re.compile(r"^\s*(declare|dismiss)\b\s*$", re.I)
-_FIELD = re.compile(r"^\s*(severity|impact|summary)\s*:\s*(.*?)\s*$", re.I)
+DECISION_FIELDS = ("severity", "impact", "summary")
 
 
 def parse_decision(text: str) -> tuple[str, dict[str, str]]:
-    """`declare` / `dismiss` on the first line, then optional `severity:`/`impact:`/`summary:`."""
-    lines = [line for line in text.split("\n")]
-    verb, fields = "", {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        m = _VERB.match(line)
-        if not m:
-            return "", {}
-        verb = m.group(1).lower()
-        for rest in lines[i + 1:]:
-            if not rest.strip():
-                if fields:
-                    break
-                continue
-            f = _FIELD.match(rest)
-            if not f:
-                break
-            fields[f.group(1).lower()] = f.group(2)
-        break
-    return verb, fields
+    """`declare` / `dismiss` on the first line, then optional `severity:`/`impact:`/`summary:`.
+
+    The field lines are read by the same parser as reply commands and declarations.
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    m = _VERB.match(lines[first]) if first is not None else None
+    if first is None or m is None:
+        return "", {}
+    parsed = commands.parse("\n".join(lines[first + 1:]), DECISION_FIELDS)
+    fields = {c.name: c.value for c in parsed.commands}
+    # A value the parser refused still reaches declare_draft, whose error says why.
+    for refused in parsed.refused:
+        fields.setdefault(refused.name, refused.line.partition(":")[2].strip())
+    return m.group(1).lower(), fields
 
 
 def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, mail_from: str,
@@ -331,7 +327,7 @@ def accept_reply(app: Mailflow, incident: Incident, reply: Reply, raw: bytes, ma
 
 def dismiss(app: Mailflow, incident: Incident, now: datetime, author: str) -> None:
     """The draft needs no communication: closed, nothing is sent, nothing more is asked."""
-    incident.status = "dismissed"
+    incident.status = Status.DISMISSED
     incident.closed_at = now
     incident.save()
     inc.cancel_due(incident, now)
@@ -356,14 +352,11 @@ def declare_draft(app: Mailflow, incident: Incident, now: datetime, author: str,
     incident.subject = one_line(f"[{incident.ref}] {svc.title}: {incident.impact}")
     incident.save()
     inc.cancel_due(incident, now, kinds=(DUE_KIND,))
-    inc.log(incident, now, "declared", f"{incident.severity} {inc.IMPACTS[incident.impact]} "
+    inc.log(incident, now, "declared", f"{incident.severity} {IMPACTS[incident.impact]} "
             f"of {svc.title}: {incident.summary} (from an alert)", author=author)
     if incident.lead:
         inc.add_recipient(app, incident, incident.lead, "as the incident lead", now)
-    for list_name in svc.notify:
-        for addr in app.contacts.expand([list_name]):
-            inc.add_recipient(app, incident, addr,
-                              f"because you are on the {list_name} list for {svc.title}", now)
+    inc.add_notified(app, incident, svc, now)
     inc.schedule_mark(app, incident, now + inc.update_every(app, incident), now)
     inc.schedule_escalations(app, incident, now)
     inc.schedule_handover(app, incident, now)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 import peewee
 
-from . import clock
+from . import clock, composition
 from . import incidents as inc
 from .app import Mailflow
 from .clock import parse_duration
@@ -110,11 +110,7 @@ def deliver(app: Mailflow, now: Any, what: str = "", ids: Sequence[str] = (),
         report = app.deliver_now(now)
     unsent: list[OutMessage] = []
     if incident is not None and ids:
-        wanted = set(ids)
-        # Only what is not sent is read back: a few rows, however large the fan-out.
-        unsent = [m for m in OutMessage.select().where(
-            (OutMessage.incident == incident) & (OutMessage.status != "sent"))
-            if m.message_id in wanted]
+        unsent = app.outbox.unsent(ids)
         click.echo(f"{what} sent to {len(ids) - len(unsent)} of {len(ids)}", err=err)
         for m in unsent[:20]:
             why = m.last_error or "not tried yet"
@@ -284,8 +280,7 @@ def declare(state: State, service: str, severity: str, impact: str, summary: str
                            summary=summary, impacted=impacted, eta=eta, started=started,
                            next_steps=next_steps, lead=lead, author=author)
     click.echo(incident.ref)
-    ids = [m.message_id for m in OutMessage.select(OutMessage.message_id).where(
-        (OutMessage.incident == incident) & (OutMessage.kind == "start"))]
+    ids = inc.message_ids(incident, "start")
     if not lead:
         click.echo(f"lead: {incident.lead} (first on call for {incident.service})", err=True)
     click.echo(f"start notification queued for {len(ids)} recipient(s); "
@@ -304,17 +299,16 @@ def tick(state: State) -> None:
     Example:
       MAILFLOW_NOW=2026-11-24T11:00:00Z mailflow tick
     """
-    from .scheduler import run_due
+    from . import scheduler
 
-    app, now = state.app, clock.now()
-    report = run_due(app, now)
+    report = scheduler.tick(state.app, clock.now())
     for line in report.done:
         click.echo(f"done: {line}")
-    delivery = app.deliver_now(now)
+    delivery = report.delivery
+    assert delivery is not None  # tick always drains
     click.echo(f"sent {delivery.sent}, retrying {delivery.retrying}, failed {delivery.failed}")
-    errors = report.errors + delivery.errors
-    if errors:
-        raise MailflowError("; ".join(errors))
+    if report.errors:
+        raise MailflowError("; ".join(report.errors))
 
 
 @cli.command()
@@ -359,7 +353,7 @@ def update(state: State, ref: str, text: str, severity: str | None, impact: str 
         if send:
             preparing("update")
         msgs = inc.send_update(app, incident, now) if send else []
-        if send and next_update:  # the time given wins over the cadence
+        if send and next_update and action.next_comm_at:  # the time given wins over the cadence
             inc.schedule_mark(app, incident, action.next_comm_at, now)
     if send:
         click.echo(f"next communication at {incident.next_comm_at:%H:%M} UTC")
@@ -444,19 +438,13 @@ def list_(state: State, as_json: bool, show_all: bool, drafts: bool) -> None:
       mailflow list --all --json
     """
     state.app  # noqa: B018 - opens the database
-    q = Incident.select().order_by(Incident.id.desc())
-    if not show_all:
-        q = q.where(Incident.status != "resolved")
-    # Drafts from alerts are not incidents until declared (nor dismissed ones ever).
-    hidden = () if drafts and show_all else ("dismissed",) if drafts else ("draft", "dismissed")
-    q = q.where(Incident.status.not_in(hidden)) if hidden else q
     rows = [{
         "ref": i.ref, "status": i.status, "severity": i.severity, "impact": i.impact,
         "service": i.service, "summary": i.summary, "lead": i.lead,
         "declared_at": i.declared_at.isoformat().replace("+00:00", "Z"),
         "next_communication_at":
             i.next_comm_at.isoformat().replace("+00:00", "Z") if i.next_comm_at else None,
-    } for i in q]
+    } for i in inc.listing(show_all, drafts)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -484,14 +472,19 @@ def show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    for line in show_lines(data, clock.now().date()):
+    now = clock.now()
+    for line in show_lines(data, now.date(), now):
         click.echo(line)
 
 
-def show_lines(data: dict[str, Any], today: date) -> list[str]:
+def show_lines(data: dict[str, Any], today: date, now: datetime | None = None) -> list[str]:
     """`mailflow show` for people: times to the minute (UTC), a date on any other day."""
     def utc(iso: str | None) -> str:
         return f"{when(iso, today)} UTC" if iso else ""
+
+    def held(m: dict[str, Any]) -> bool:
+        return bool(now and m.get("not_before")
+                    and datetime.fromisoformat(m["not_before"].replace("Z", "+00:00")) > now)
 
     subject = data["subject"]
     lines = [subject if data["ref"] in subject else f"{data['ref']}  {subject}"]
@@ -504,13 +497,22 @@ def show_lines(data: dict[str, Any], today: date) -> list[str]:
               ("resolved", utc(data["resolved_at"]))]
     lines += [f"  {label:<19} {value}" for label, value in fields if value]
     lines.append("recipients:")
+    waiting: dict[tuple[str, str], list[str]] = {}
     for r in data["recipients"]:
-        states = ", ".join(f"{m['kind']} {m['status']}" for m in r["messages"]) or "nothing yet"
+        states = ", ".join(f"{m['kind']} held" if held(m) else f"{m['kind']} {m['status']}"
+                           for m in r["messages"]) or "nothing yet"
         lines.append(f"  {r['email']:<32} {r['status']:<7} {states}")
+        for m in r["messages"]:
+            if held(m):
+                waiting.setdefault((m["not_before"], m["kind"]), []).append(r["email"])
+    if waiting:
+        lines.append("held until working hours:")
+        for (at, kind), emails in sorted(waiting.items()):
+            lines.append(f"  {kind} email to {len(emails)} at {utc(at)}: {', '.join(emails)}")
     lines.append("timeline (UTC):")
     times = [when(e["at"], today) for e in data["timeline"]]
     width = max(map(len, times), default=5)
-    for e, at in zip(data["timeline"], times):
+    for e, at in zip(data["timeline"], times, strict=False):
         who = f" [{e['author']}]" if e["author"] else ""
         head = f"  {at:>{width}} {e['kind']:<10}{who} "
         first, *rest = (e["text"] or "").splitlines() or [""]
@@ -544,7 +546,7 @@ def preview(state: State, ref: str, kind: str, out: Path | None, as_text: bool) 
                      resolution=incident.resolution or "(resolution steps)",
                      follow_up=incident.follow_up, ended_at=ended,
                      duration=ended - incident.declared_at)
-    ctx = inc.context(app, incident, kind, now, **extra)
+    ctx = composition.context(app, incident, kind, now, **extra)
     person = Personal(email=incident.lead or "you@example.org",
                       name="", reason="as a preview")
     body = (app.renderer.text(kind, ctx, person) if as_text
@@ -692,10 +694,7 @@ def postmortem(state: State, ref: str, out: Path | None, done: bool, author: str
     app, now = state.app, clock.now()
     incident = inc.get_incident(ref)
     if done:
-        with inc.locked(app, incident):
-            incident.postmortem_done = True
-            incident.save()
-            inc.log(incident, now, "postmortem", "postmortem marked done", author=author)
+        inc.mark_postmortem_done(app, incident, now, author)
         click.echo(f"{incident.ref}: postmortem marked done")
         return
     text = draft(app, incident, now)
@@ -750,4 +749,4 @@ def quit_quietly() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

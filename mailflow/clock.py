@@ -9,8 +9,11 @@ from datetime import datetime, timedelta, timezone
 
 from .errors import InvalidInput
 
-_DURATION = re.compile(r"(\d+)\s*(min|w|d|h|m|s)", re.I)
-_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1}
+# The one place durations are read and written ("30m", "1 hour 30 min", "2d"). A unit is
+# known by its first letter; the look-ahead keeps "5 mo" from reading as five minutes.
+_DURATION = re.compile(
+    r"(\d+)(weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])", re.I)
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 def now() -> datetime:
@@ -35,13 +38,13 @@ def parse_time(text: str, what: str = "time") -> datetime:
 
 
 def parse_duration(text: str, what: str = "duration") -> timedelta:
-    """Parse "30m", "1h", "1h30m", "2d", "45 min" into a timedelta (> 0)."""
+    """Parse "30m", "1h", "1h30m", "2d", "45 min", "1 hour 30 minutes" into a timedelta (> 0)."""
     s = str(text).strip().lower().replace(" ", "")
     pos, total = 0, 0
     for m in _DURATION.finditer(s):
         if m.start() != pos:
             break
-        total += int(m.group(1)) * _UNITS[m.group(2)]
+        total += int(m.group(1)) * _UNITS[m.group(2)[0].lower()]
         pos = m.end()
     if not s or pos != len(s) or total <= 0:
         raise InvalidInput(f"{what}: {text!r} is not a duration; write e.g. 30m, 1h, 1h30m, 1d")
@@ -52,8 +55,9 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
 
 
 def format_duration(delta: timedelta) -> str:
-    """Render a timedelta for humans: "1 d 2 h 5 min", "45 min"."""
-    minutes = int(delta.total_seconds() // 60)
+    """Render a timedelta for humans: "1 d 2 h 5 min", "45 min"; never negative."""
+    # A clock that stepped back must not print "-3 min" in an email.
+    minutes = max(0, int(delta.total_seconds() // 60))
     days, rem = divmod(minutes, 1440)
     hours, mins = divmod(rem, 60)
     parts = [f"{days} d"] if days else []
@@ -62,6 +66,25 @@ def format_duration(delta: timedelta) -> str:
     if mins or not parts:
         parts.append(f"{mins} min")
     return " ".join(parts)
+
+
+def compact_duration(delta: timedelta, one_unit: bool = False) -> str:
+    """A duration as written in configuration: "30m", "4h", "1d", "1h30m".
+
+    `one_unit` gives the largest single unit that divides it ("90m", not "1h30m"): the
+    spelling of escalation keys in the due table, which must not change between versions.
+    """
+    seconds = max(0, int(delta.total_seconds()))
+    units = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    if one_unit:
+        return next((f"{seconds // size}{unit}" for unit, size in units[1:]
+                     if seconds % size == 0 and seconds), "0m")
+    parts = []
+    for unit, size in units:
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0m"
 
 
 def as_utc(value: datetime) -> datetime:

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .addresses import Rules, normalise, problem
-from .clock import parse_duration
+from .addresses import Rules, check
+from .clock import compact_duration, parse_duration
 from .errors import InvalidInput
 from .quotes import tidy as _tidy
 
@@ -76,6 +76,8 @@ REPLY_COMMANDS = ("severity", "impact", "eta", "next update", "send now", "resol
 DECLARATION_FIELDS = ("service", "severity", "impact", "impacted", "eta", "started",
                       "next steps", "lead")
 BARE = ("send now", "resolved", "reopen")  # commands without a value
+# Headings of a status report (mailflow.report): text, never a command or a look-alike.
+REPORT_HEADINGS = ("learned", "tried", "now", "left")
 # Stakeholders expect news at least this often; a longer wait is a typo (3000000d).
 MAX_NEXT_UPDATE = timedelta(days=30)
 # Fields whose value is free text: without a colon, "ETA unknown so far" is a sentence.
@@ -126,29 +128,14 @@ _KEY_VALUE = re.compile(r"^([A-Za-z][A-Za-z _-]{0,30}?)\s*:(.*)$")
 _JUNK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff\ufeff]")
 _INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _CLOCK = re.compile(r"^(\d{1,2})[:h](\d{2})(?:\s*(utc|z))?$", re.I)
-_DURATION_PART = re.compile(
-    r"(\d+)\s*(weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])", re.I
-)
 
 
 def _one_line(value: str, limit: int) -> str:
     return re.sub(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+", " ", value).strip()[:limit].strip()
 
 
-def _compact_duration(value: str) -> str:
-    """"1 hour 30 min" → "1h30m", the spelling clock.parse_duration reads reliably."""
-    compact = _DURATION_PART.sub(lambda m: m.group(1) + m.group(2)[0].lower(), value.strip())
-    return re.sub(r"\s+", "", compact).lower()
-
-
 def _address(value: str, what: str) -> str:
-    address = normalise(value)
-    why = problem(address, _FORM) if address else (
-        "it has no @" if "@" not in value else problem(value.strip().lower(), _FORM)
-        or "write it as name@example.org")
-    if why:
-        raise InvalidInput(f"{value.strip()!r} is not an email address for {what}: {why}")
-    return address
+    return check(value.strip(), f"`{what}:`", _FORM)
 
 
 def next_update_value(value: str) -> str:
@@ -161,11 +148,11 @@ def next_update_value(value: str) -> str:
             raise InvalidInput(f"{value!r} is not a time of day: write HH:MM from 00:00 to "
                                "23:59, or a duration such as 30m")
         return f"{hour:02d}:{minute:02d}" + (" UTC" if m.group(3) else "")
-    duration = _compact_duration(value)
-    if parse_duration(duration, what="next update") > MAX_NEXT_UPDATE:
+    duration = parse_duration(value, what="next update")
+    if duration > MAX_NEXT_UPDATE:
         raise InvalidInput(f"{value!r} is too far ahead: the next communication must be "
                            f"within {MAX_NEXT_UPDATE.days} days")
-    return duration
+    return compact_duration(duration)
 
 
 def _values(name: str, value: str) -> list[str]:
@@ -203,9 +190,12 @@ def _closest(word: str, names: tuple[str, ...]) -> str | None:
     return found[0] if found else None
 
 
-def _read_line(line: str, names: tuple[str, ...]) -> Command | list[Command] | Refused | LookAlike | None:
+def _read_line(line: str, names: tuple[str, ...]
+               ) -> Command | list[Command] | Refused | LookAlike | None:
     """What one line at the top is; None: it is text (and so is everything below)."""
     bare = _words(_INVISIBLE.sub("", line)).rstrip(".!").strip()
+    if bare.split(" ")[0].rstrip(":") in REPORT_HEADINGS:
+        return None  # `Tried: …`, `Learned:`: the text of a status report starts here
     if bare in names and bare in BARE:
         return Command(bare, "")
     m = _KEY_VALUE.match(_INVISIBLE.sub("", line).strip())

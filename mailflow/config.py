@@ -21,7 +21,7 @@ DEFAULT_UPDATE_EVERY = {"P0": "30m", "P1": "1h", "P2": "4h", "P3": "1d"}
 EXAMPLE_TOML = """\
 # mailflow configuration. Every key is optional; these are the defaults.
 # Paths are relative to this file.
-database = "mailflow.db"          # or "postgresql://mailflow@db.example.org/mailflow" (several daemons)
+database = "mailflow.db"          # or "postgresql://mailflow@db.example.org/mailflow"
 contacts = "contacts.yaml"
 # templates = "templates"        # a folder of your own overrides of the built-in templates
 from = "Incident Desk <incidents@example.org>"
@@ -347,9 +347,9 @@ _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "mail
         "status", "emails", "ha"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
         "cafile", "smtputf8", "max_message_size"}
-_IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username", "password",
-       "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout", "max_parts",
-       "max_recipients", "receipts", "send_now_every"}
+_IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username",
+       "password", "process_timeout", "max_connections", "max_pending_bytes", "idle_timeout",
+       "max_parts", "max_recipients", "receipts", "send_now_every"}
 _CAD = {"update_every", "reminder_before", "escalate", "handover_after"}
 _EMAILS = {"subject_style", "updates_in_full", "update_max_chars"}
 
@@ -403,7 +403,8 @@ def _emails_section(section: Any, fail: Any, get: Any) -> Emails:
         raise fail("emails", "must be a table ([emails])")
     unknown = set(section) - _EMAILS
     if unknown:
-        raise fail(f"emails.{sorted(unknown)[0]}", f"unknown key; known: {', '.join(sorted(_EMAILS))}")
+        raise fail(f"emails.{sorted(unknown)[0]}",
+                   f"unknown key; known: {', '.join(sorted(_EMAILS))}")
     style = get(section, "subject_style", str, "thread", "emails.")
     if style not in SUBJECT_STYLES:
         raise fail("emails.subject_style", f"{style!r} is not one of {', '.join(SUBJECT_STYLES)}")
@@ -455,7 +456,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     def check_keys(section: dict[str, Any], allowed: set[str], prefix: str) -> None:
         for key in section:
             if key not in allowed:
-                raise fail(prefix + key, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+                raise fail(prefix + key,
+                           f"unknown key; expected one of {', '.join(sorted(allowed))}")
 
     def get(section: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any,
             prefix: str = "") -> Any:
@@ -501,7 +503,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     raw_every = get(cad, "update_every", dict, {}, "cadence.")
     for sev, value in raw_every.items():
         if sev not in SEVERITIES:
-            raise fail(f"cadence.update_every.{sev}", f"unknown severity; use {', '.join(SEVERITIES)}")
+            raise fail(f"cadence.update_every.{sev}",
+                       f"unknown severity; use {', '.join(SEVERITIES)}")
         update_every[sev] = duration(value, f"cadence.update_every.{sev}")
     raw_escalate = get(cad, "escalate", (list, dict), ["4h", "1d"], "cadence.")
     escalate: dict[str, tuple[timedelta, ...]] = {}
@@ -509,12 +512,14 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         values = raw_escalate.get(sev, ["4h", "1d"]) if isinstance(raw_escalate, dict) \
             else raw_escalate
         if not isinstance(values, list):
-            raise fail(f"cadence.escalate.{sev}", "must be a list of durations, e.g. [\"4h\", \"1d\"]")
+            raise fail(f"cadence.escalate.{sev}",
+                       "must be a list of durations, e.g. [\"4h\", \"1d\"]")
         escalate[sev] = tuple(sorted(duration(v, f"cadence.escalate.{sev}") for v in values))
     if isinstance(raw_escalate, dict):
         for sev in raw_escalate:
             if sev not in SEVERITIES:
-                raise fail(f"cadence.escalate.{sev}", f"unknown severity; use {', '.join(SEVERITIES)}")
+                raise fail(f"cadence.escalate.{sev}",
+                           f"unknown severity; use {', '.join(SEVERITIES)}")
     port_out = get(out, "port", int, 587, "outbound.")
     port_in = get(inb, "port", int, 8025, "inbound.")
     for key, port in (("outbound.port", port_out), ("inbound.port", port_in)):
@@ -552,12 +557,13 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
             and out_host not in ("127.0.0.1", "::1", "localhost"):
         raise fail("outbound.username", "the password would cross the network in clear: "
                                         "set starttls = true (or port 465)")
-    tls = {}
+    tls: dict[str, Path | None] = {}
     for key in ("tls_cert", "tls_key"):
         value = get(inb, key, str, "", "inbound.")
-        tls[key] = (base / value).resolve() if value else None
-        if tls[key] is not None and not tls[key].is_file():
-            raise fail(f"inbound.{key}", f"{tls[key]} is not a readable file")
+        path = (base / value).resolve() if value else None
+        if path is not None and not path.is_file():
+            raise fail(f"inbound.{key}", f"{path} is not a readable file")
+        tls[key] = path
     tls_cert, tls_key = tls["tls_cert"], tls["tls_key"]
     cafile_raw = get(out, "cafile", str, "", "outbound.")
     cafile = (base / cafile_raw).resolve() if cafile_raw else None

@@ -23,14 +23,17 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from . import clock
-from .addresses import STRICT, Rules, is_valid, normalise, problem
+from .addresses import STRICT, Rules, is_valid, lookup_key, problem
+from .config import SEVERITIES
 from .errors import ContactsError, InvalidInput, NotFound
+from .hours import DEFAULT_HOLD_MILESTONES, WorkingHours, parse_days, parse_hours
 
 __all__ = [
     "Contacts",
     "ContactsFile",
     "Person",
     "Service",
+    "Vendor",
     "empty_contacts",
     "is_address",
     "load_contacts",
@@ -47,9 +50,13 @@ _KINDS = {
     "tag:yaml.org,2002:timestamp": "a date",
 }
 
-_TOP_KEYS = ("people", "lists", "services")
+_TOP_KEYS = ("people", "lists", "services", "working_hours", "vendors")
 _PERSON_KEYS = ("name", "email", "expertise", "timezone", "commands")
 _SERVICE_KEYS = ("title", "notify", "escalate", "expertise", "oncall")
+AUDIENCES = ("all", "milestones")
+_AUDIENCE_KEYS = ("gets", "hold")
+_HOURS_KEYS = ("hours", "days", "timezone")
+_VENDOR_KEYS = ("name", "services", "ticket", "escalate")
 
 
 def is_address(text: str, rules: Rules = STRICT) -> bool:
@@ -87,6 +94,27 @@ class Service:
     # People on call, in order: the first is the lead when a declaration names none;
     # an alert that nobody takes goes to the next one.
     oncall: tuple[str, ...] = ()
+    # Per notified list: (list, "all" | "milestones", severities held out of working hours).
+    # A list missing here gets everything at once.
+    audiences: tuple[tuple[str, str, frozenset[str]], ...] = ()
+
+    def gets(self, list_name: str) -> str:
+        """"all" (every communication) or "milestones" (start, severity/impact, solved)."""
+        return next((a for n, a, _ in self.audiences if n == list_name), "all")
+
+    def held(self, list_name: str) -> frozenset[str]:
+        """The severities whose mail to this list waits for working hours."""
+        return next((h for n, _, h in self.audiences if n == list_name), frozenset())
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """A third party that supports a service: how to open a ticket and how to escalate."""
+
+    name: str
+    services: tuple[str, ...]
+    ticket: str = ""
+    escalate: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,12 @@ class Contacts:
     path: Path | None = None
     # Where `lists:` is, so an unknown-list error can still point at a line.
     _lists_line: int = field(default=1, repr=False, compare=False)
+    working_hours: WorkingHours = WorkingHours()
+    vendors: tuple[Vendor, ...] = ()
+
+    def vendors_of(self, service: str) -> list[Vendor]:
+        """The third-party support contacts of a service, in file order."""
+        return [v for v in self.vendors if service in v.services]
 
     @cached_property
     def _listed(self) -> frozenset[str]:
@@ -200,6 +234,9 @@ def parse_contacts(text: str, path: Path | str = "contacts.yaml",
     people = _parse_people(check, sections.get("people"))
     lists, list_names = _parse_lists(check, sections.get("lists"))
     services = _parse_services(check, sections.get("services"), list_names, people)
+    working_hours = _working_hours(check, sections.get("working_hours"))
+    service_keys = set(_entries(sections["services"][1])) if "services" in sections else set()
+    vendors = _vendors(check, sections.get("vendors"), service_keys)
     check.raise_if_any()
     lists_line = _line(sections["lists"][0]) if "lists" in sections else 1
     return Contacts(
@@ -208,6 +245,8 @@ def parse_contacts(text: str, path: Path | str = "contacts.yaml",
         MappingProxyType(services),
         Path(path),
         lists_line,
+        working_hours=working_hours,
+        vendors=vendors,
     )
 
 
@@ -462,11 +501,17 @@ def _parse_services(
         if "title" in fields and not _is_null(fields["title"][1]):
             title = check.text(*fields["title"], "title")
         notify: tuple[str, ...] | None = None
+        audiences: tuple[tuple[str, str, frozenset[str]], ...] = ()
         if "notify" not in fields:
             check.error(
                 k,
                 f"service {key!r} has no `notify:`; name the lists to notify, e.g. [stakeholders]",
             )
+        elif isinstance(fields["notify"][1], MappingNode):
+            found = _audiences(check, key, fields["notify"][1], list_names)
+            if found is not None:
+                audiences = found
+                notify = tuple(name for name, _, _ in found)
         else:
             notify = _list_refs(check, fields["notify"], f"service {key!r} notify", list_names)
         escalate = _escalate(check, key, fields.get("escalate"), list_names)
@@ -474,8 +519,158 @@ def _parse_services(
         oncall = _oncall(check, key, fields.get("oncall"), people)
         if title is None or notify is None or escalate is None or oncall is None:
             continue
-        services[key] = Service(key, title.strip() or key, notify, escalate, expertise, oncall)
+        services[key] = Service(key, title.strip() or key, notify, escalate, expertise, oncall,
+                                audiences)
     return services
+
+
+def _audiences(check: _Checker, key: str, node: MappingNode, list_names: set[str]
+               ) -> tuple[tuple[str, str, frozenset[str]], ...] | None:
+    """`notify: {stakeholders: all, learn-users: milestones}`, or per list
+    `{gets: milestones, hold: [P2, P3]}`; None after reporting a problem."""
+    what = f"service {key!r} notify"
+    example = "{stakeholders: all, learn-users: milestones}"
+    errors_before = len(check.errors)
+    out = []
+    entries = check.entries(node)
+    if not entries:
+        check.error(node, f"{what} names no lists; give at least one, e.g. {example}")
+        return None
+    known = ", ".join(sorted(list_names)) or "none; define them under `lists:`"
+    for name, (k, value) in entries.items():
+        if name not in list_names:
+            check.error(k, f"{what}: unknown list {name!r} (known lists: {known})")
+            continue
+        gets_node: Node | None = value
+        hold: frozenset[str] | None = None
+        if isinstance(value, MappingNode):
+            options = check.entries(value)
+            for option, (ok, _) in options.items():
+                if option not in _AUDIENCE_KEYS:
+                    check.error(ok, f"{what} {name}: unknown key {option!r}; expected: "
+                                    f"{', '.join(_AUDIENCE_KEYS)} (e.g. {{gets: milestones, "
+                                    "hold: [P3]}})")
+            gets_node = options["gets"][1] if "gets" in options else None
+            if "hold" in options:
+                hold = _severities(check, options["hold"], f"{what} {name} hold")
+        gets = "all"
+        if gets_node is not None and not _is_null(gets_node):
+            text = gets_node.value if isinstance(gets_node, ScalarNode) else None
+            if not isinstance(text, str) or text.strip().lower() not in AUDIENCES:
+                check.error(gets_node, f"{what} {name}: say `all` (every communication) or "
+                                       f"`milestones` (start, severity or impact change, "
+                                       f"solved), not {_kind(gets_node)}")
+                continue
+            gets = text.strip().lower()
+        if hold is None:
+            hold = DEFAULT_HOLD_MILESTONES if gets == "milestones" else frozenset()
+        out.append((name, gets, hold))
+    if len(check.errors) > errors_before:
+        return None
+    return tuple(out)
+
+
+def _severities(check: _Checker, entry: tuple[Node, Node], what: str) -> frozenset[str]:
+    """`[P2, P3]` (or nothing: never held)."""
+    found = set()
+    for text, node in check.texts(entry[0], entry[1], what, "[P2, P3]"):
+        sev = text.strip().upper()
+        if sev not in SEVERITIES:
+            check.error(node, f"{what}: {text!r} is not a severity; use "
+                              f"{', '.join(SEVERITIES)}, e.g. hold: [P3]")
+            continue
+        found.add(sev)
+    return frozenset(found)
+
+
+def _working_hours(check: _Checker, entry: tuple[Node, Node] | None) -> WorkingHours:
+    """`working_hours: {hours: 08:00-18:00, days: Mon-Fri, timezone: Europe/Zurich}`."""
+    default = WorkingHours()
+    if entry is None or _is_null(entry[1]):
+        return default
+    key_node, node = entry
+    example = "{hours: 08:00-18:00, days: Mon-Fri, timezone: Europe/Zurich}"
+    if not isinstance(node, MappingNode):
+        check.error(node, f"`working_hours:` must be a mapping, e.g. {example}")
+        return default
+    fields = check.entries(node)
+    for name, (k, _) in fields.items():
+        if name not in _HOURS_KEYS:
+            check.error(k, f"unknown key {name!r} in working_hours; expected: "
+                           f"{', '.join(_HOURS_KEYS)}")
+    start, end, days, zone = default.start, default.end, default.days, default.timezone
+    if "hours" in fields:
+        text = check.text(*fields["hours"], "working_hours hours")
+        span = parse_hours(text) if text is not None else None
+        if text is not None and span is None:
+            check.error(fields["hours"][1], f"working_hours hours {text!r}: write the start and "
+                                            "end of the day, e.g. 08:00-18:00")
+        if span is not None:
+            start, end = span
+    if "days" in fields:
+        text = check.text(*fields["days"], "working_hours days")
+        found = parse_days(text) if text is not None else None
+        if text is not None and found is None:
+            check.error(fields["days"][1], f"working_hours days {text!r}: write e.g. Mon-Fri "
+                                           "or Mon,Tue,Thu")
+        if found is not None:
+            days = found
+    if "timezone" in fields:
+        ok, tz = _timezone(check, fields["timezone"])
+        if ok and tz:
+            zone = tz
+    return WorkingHours(start, end, days, zone)
+
+
+def _vendors(check: _Checker, entry: tuple[Node, Node] | None, services: set[str]
+             ) -> tuple[Vendor, ...]:
+    """`vendors:` — third-party support per service: how to open a ticket, how to escalate."""
+    if entry is None or _is_null(entry[1]):
+        return ()
+    example = ("- {name: Moodle Partner AG, services: [learn], ticket: support@partner.example, "
+               "escalate: call +41 44 000 00 00}")
+    node = entry[1]
+    if not isinstance(node, SequenceNode):
+        check.error(node, f"`vendors:` must be a list of vendors, e.g. {example}")
+        return ()
+    out = []
+    for item in node.value:
+        if not isinstance(item, MappingNode):
+            check.error(item, f"each vendor must be a mapping like {example[2:]}")
+            continue
+        fields = check.entries(item)
+        for name, (k, _) in fields.items():
+            if name not in _VENDOR_KEYS:
+                check.error(k, f"unknown key {name!r} for a vendor; expected: "
+                               f"{', '.join(_VENDOR_KEYS)}")
+        if "name" not in fields:
+            check.error(item, "vendor has no `name:`")
+            continue
+        vendor = check.text(*fields["name"], "vendor name")
+        if "services" not in fields:
+            check.error(item, f"vendor {vendor!r} has no `services:`; name the services it "
+                              "supports, e.g. [learn]")
+            continue
+        refs = check.texts(*fields["services"], f"vendor {vendor!r} services", "[learn]")
+        known = ", ".join(sorted(services)) or "none"
+        bad = False
+        for ref, ref_node in refs:
+            if ref not in services:
+                check.error(ref_node, f"vendor {vendor!r}: unknown service {ref!r} (known "
+                                      f"services: {known})")
+                bad = True
+        ticket = check.text(*fields["ticket"], "vendor ticket") if "ticket" in fields else ""
+        escalate = (check.text(*fields["escalate"], "vendor escalate")
+                    if "escalate" in fields else "")
+        if vendor is None or ticket is None or escalate is None or bad or not refs:
+            continue
+        if not (ticket.strip() or escalate.strip()):
+            check.error(item, f"vendor {vendor!r}: say how to open a ticket (`ticket:`) or how "
+                              "to escalate (`escalate:`), or both")
+            continue
+        out.append(Vendor(vendor.strip(), tuple(dict.fromkeys(r for r, _ in refs)),
+                          " ".join(ticket.split()), " ".join(escalate.split())))
+    return tuple(out)
 
 
 def _oncall(check: _Checker, key: str, entry: tuple[Node, Node] | None,
@@ -575,9 +770,7 @@ def _kind(node: Node) -> str:
     return _KINDS.get(str(node.tag), f"a value tagged {node.tag}")
 
 
-def _bare_address(text: str) -> str:
-    """Lowercased address from "addr" or "Name <addr>" (the text itself if none: a lookup key)."""
-    return normalise(text) or str(text).strip().lower()
+_bare_address = lookup_key
 
 
 def _compose(text: str, where: str) -> Node | None:
@@ -709,7 +902,8 @@ class ContactsFile:
                 as_who = f" as {who[1].value}" if who and isinstance(who[1], ScalarNode) else ""
                 raise ContactsError(
                     f"{where}:{_line(other[1])}: {email} is already in the contacts{as_who}; "
-                    f"remove it first (`mailflow contacts remove {shlex.quote(email)}`) or edit the file"
+                    f"remove it first (`mailflow contacts remove {shlex.quote(email)}`) "
+                    "or edit the file"
                 )
 
         list_entries = _entries(sections["lists"][1]) if "lists" in sections else {}

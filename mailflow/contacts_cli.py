@@ -5,14 +5,14 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from .addresses import Rules, normalise, problem, rules_of
+from .addresses import Rules, lookup_key, problem, rules_of
+from .clock import compact_duration
 from .config import find_config, load_config
 from .contacts import (
     Contacts,
@@ -59,20 +59,10 @@ def _rules(ctx: click.Context) -> Rules:
     return rules_of(load_config(Path(config_path)))
 
 
-def _address(text: str) -> str:
-    """Lowercased bare address from "addr" or "Name <addr>"."""
-    return normalise(text) or text.strip().lower()
+_address = lookup_key
 
 
-def _threshold(delta: timedelta) -> str:
-    """A threshold as written in contacts.yaml: 30m, 4h, 1d, 1h30m."""
-    seconds = int(delta.total_seconds())
-    parts = []
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0m"
+_threshold = compact_duration  # a threshold as written in contacts.yaml: 30m, 4h, 1h30m
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -96,9 +86,23 @@ def _person_data(book: Contacts, person: Person) -> dict[str, Any]:
 
 def _service_data(service: Service) -> dict[str, Any]:
     """A service as JSON-ready data; thresholds written as in contacts.yaml (4h, 1d)."""
-    return {"title": service.title, "notify": list(service.notify),
-            "escalate": {_threshold(at): list(names) for at, names in service.escalate},
-            "expertise": list(service.expertise)}
+    data: dict[str, Any] = {
+        "title": service.title, "notify": list(service.notify),
+        "escalate": {_threshold(at): list(names) for at, names in service.escalate},
+        "expertise": list(service.expertise)}
+    if service.audiences:  # `notify: {list: all|milestones}`: what each list gets, and when
+        data["audiences"] = {name: {"gets": gets, "hold": sorted(held)}
+                             for name, gets, held in service.audiences}
+    return data
+
+
+def _audience(service: dict[str, Any], name: str) -> str:
+    """`learn-users (milestones, P3 held out of hours)`, or the list's name alone."""
+    a = service.get("audiences", {}).get(name)
+    if not a:
+        return name
+    hold = f", {'/'.join(a['hold'])} held out of hours" if a["hold"] else ""
+    return f"{name} ({a['gets']}{hold})"
 
 
 def plural(count: int, one: str, many: str = "") -> str:
@@ -152,7 +156,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"services ({len(services)}):" if services else "services: none")
     for key, s in services.items():
         click.echo(f"  {key}: {s['title']}")
-        click.echo(f"    notify: {', '.join(s['notify'])}")
+        click.echo(f"    notify: {', '.join(_audience(s, n) for n in s['notify'])}")
         for at, names in s["escalate"].items():
             click.echo(f"    escalate {at}: {', '.join(names)}")
         if s["expertise"]:
@@ -181,7 +185,7 @@ def show(ctx: click.Context, email: str, as_json: bool) -> None:
     if person is None and not lists:
         raise NotFound(f"{_address(email)} is not in {path}: no person has that email and no "
                        "list contains it; `mailflow contacts list` shows who is")
-    services = []
+    services: list[dict[str, Any]] = []
     for key, service in book.services.items():
         notify = [name for name in service.notify if name in lists]
         escalate = {_threshold(at): [n for n in names if n in lists]

@@ -152,7 +152,8 @@ class Daemon:
         self.ha = await asyncio.to_thread(Membership, self.app, self.now())
         # `schedule` paces the tick; the event lets a posted reply be sent at once.
         pacer = schedule.Scheduler()
-        pacer.every(self.tick_seconds).seconds.do(self._wake.set)
+        # schedule takes a float interval although its hints say int
+        pacer.every(self.tick_seconds).seconds.do(self._wake.set)  # type: ignore[arg-type]
         self._wake.set()
         while not self._stop.is_set():
             if self._reload:

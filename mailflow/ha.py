@@ -163,7 +163,7 @@ def status(app: Mailflow, now: datetime) -> Status:
                   "started_at": _iso(r.started_at), "heartbeat_at": _iso(r.heartbeat_at),
                   "heartbeat_age": max(0, int((now - r.heartbeat_at).total_seconds())),
                   "scheduler": r.scheduler_since is not None} for r in rows]
-    holder = next((i for i, r in zip(instances, rows) if r.scheduler_since is not None), None)
+    holder = next((i for i in instances if i["scheduler"]), None)
     queue = {s: OutMessage.select().where(OutMessage.status == s).count()
              for s in ("queued", "sending")}
     due = Due.select().where(Due.done_at.is_null() & (Due.due_at <= now)).count()

@@ -187,7 +187,7 @@ class InboundHandler:
         try:
             answer, add = await asyncio.wait_for(asyncio.shield(job),
                                                  self.limits.process_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return BUSY
         if add:
             envelope.rcpt_tos.append(address)
@@ -202,7 +202,7 @@ class InboundHandler:
             job = loop.run_in_executor(self.executor, self._run, envelope, budget)
             try:
                 answer, queued = await asyncio.wait_for(asyncio.shield(job), budget.seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if budget.abandon():
                     log.warning("message from %s not processed within %gs: answered 451",
                                 envelope.mail_from or "<>", budget.seconds)
@@ -373,7 +373,7 @@ class _Protocol(SMTP):
                 raise asyncio.CancelledError
             return line
 
-        reader.readuntil = counted  # type: ignore[method-assign]
+        reader.readuntil = counted  # type: ignore[method-assign, assignment]
         try:
             await super().smtp_DATA(arg)
         finally:

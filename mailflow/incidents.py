@@ -11,27 +11,30 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from . import addresses, commands
+from . import addresses, commands, report
 from .addresses import STRICT, Rules, rules_of
-from .clock import as_utc, format_duration, parse_duration
+from .clock import as_utc, compact_duration, parse_duration
+from .composition import IMPACTS, LEAD_KINDS, PRIORITY, context, facts_of
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
-from .models import Due, Entry, Incident, OutMessage, Recipient, is_postgres
-from .render import Envelope, Personal, clean_text, one_line
-from .tokens import reply_address
+from .models import (
+    LIVE,
+    Due,
+    Entry,
+    EntryKind,
+    Incident,
+    OutMessage,
+    Recipient,
+    Status,
+    is_postgres,
+)
+from .render import Envelope, Personal, one_line
+from .threads import conversation_headers
 
 if TYPE_CHECKING:
     from .app import Mailflow
     from .contacts import Contacts, Service
 
-IMPACTS = {"outage": "complete downtime", "degraded": "degraded"}
-# What each priority means and its target resolution time.
-SEVERITY_LABELS = {
-    "P0": "P0 (critical; target resolution within 1 h)",
-    "P1": "P1 (high; target resolution within 4 h)",
-    "P2": "P2 (medium; target resolution within 24 h)",
-    "P3": "P3 (low; target resolution within 1 week)",
-}
 SCHEDULE_KINDS = ("reminder", "mark")
 
 
@@ -68,9 +71,10 @@ def get_incident(ref: str | int) -> Incident:
     return incident
 
 
-def log(incident: Incident, now: datetime, kind: str, text: str, author: str = "",
+def log(incident: Incident, now: datetime, kind: EntryKind | str, text: str, author: str = "",
         data: dict[str, Any] | None = None, shown: bool = False) -> Entry:
     """Add a timeline entry. `shown` entries are carried (in orange) by the next email."""
+    kind = EntryKind(kind).value  # ValueError on an unknown kind: caught by the tests
     return Entry.create(incident=incident, at=now, kind=kind, author=author, text=text,
                         data=data, communicated_at=None if shown else now)
 
@@ -94,7 +98,7 @@ def locked(app: Mailflow, incident: Incident) -> Iterator[Incident]:
             query = query.for_update()
         fresh = query.get()
         incident.__data__.update(fresh.__data__)
-        incident._dirty.clear()
+        incident._dirty.clear()  # type: ignore[attr-defined]  # peewee's own bookkeeping
         yield incident
 
 
@@ -107,211 +111,64 @@ def mutates(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# --- what an email shows ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Fact:
-    """One labelled line of a communication; `new` when it changed since the last one."""
-
-    label: str
-    value: str
-    new: bool = False
-
-
-@dataclass(frozen=True)
-class Item:
-    """One posted update in a communication's log."""
-
-    at: datetime
-    author: str
-    text: str
-    new: bool
-
-
-def person_label(contacts: Contacts | None, address: str | None, with_address: bool = True
-                 ) -> str:
-    """Who someone is for people: `Ana Lima <ana@example.org>` (or just `Ana Lima`) when
-    contacts.yaml knows them, else the address."""
-    if not address:
-        return ""
-    person = contacts.person(address) if contacts is not None and "@" in address else None
-    if person is None or not person.name.strip():
-        return address
-    return f"{person.name} <{address}>" if with_address else person.name
-
-
-def facts_of(incident: Incident, contacts: Contacts | None = None) -> dict[str, str]:
-    """The fields every communication carries, as label → value (people by name)."""
-    facts = {
-        "Service": incident.service_title,
-        "Scope": IMPACTS[incident.impact].capitalize(),
-        "Severity": SEVERITY_LABELS[incident.severity],
-        "Who is impacted": ", ".join(incident.impacted) or "not known yet",
-        "How long / what makes it uncertain": incident.eta or "not known yet",
-        "What has been started": incident.started or "assessment in progress",
-        "Next debugging steps": incident.next_steps or "to be decided",
-        "Incident lead": person_label(contacts, incident.lead) or "not assigned yet",
-    }
-    if incident.communicator:
-        facts["Communicator"] = person_label(contacts, incident.communicator)
-    if incident.scribe:
-        facts["Scribe"] = person_label(contacts, incident.scribe)
-    return facts
-
-
-CONTINUED = "… (continued in the incident record)"
-# Mail only for the lead or communicator: a subject of its own saying what to do, and not
-# in the stakeholders' conversation (no In-Reply-To to their thread).
-LEAD_KINDS = ("reminder", "notice", "handover")
-# Deadlines before bulk: claimed ahead of a fan-out queued earlier.
-PRIORITY = {"reminder": 2, "handover": 2, "notice": 1, "escalation": 1}
-
-
-def _capped(text: str, limit: int) -> str:
-    """One update's text as an email carries it: at most `limit` characters, visibly cut."""
-    text = clean_text(text)
-    return text if len(text) <= limit else text[:limit].rstrip() + "\n" + CONTINUED
-
-
-def context(app: Mailflow, incident: Incident, kind: str, now: datetime,
-            in_full: int | None = None, max_chars: int | None = None,
-            **extra: Any) -> dict[str, Any]:
-    """Everything a template can use; `new` is measured against the last communication.
-
-    `in_full`: the newest updates carried in full (default `[emails] updates_in_full`); the
-    earlier ones are counted in one line, so an email's size does not grow with the incident.
-    """
-    current = facts_of(incident, app.contacts)
-    before = incident.last_sent or {}
-    first = incident.last_sent is None
-    facts = [Fact(k, clean_text(v), new=not first and before.get(k) != v)
-             for k, v in current.items()]
-    limit = app.config.emails.update_max_chars if max_chars is None else max_chars
-    in_full = app.config.emails.updates_in_full if in_full is None else in_full
-    where = (Entry.incident == incident) & Entry.kind.in_(("update", "change", "handover", "reopened"))
-    total = Entry.select().where(where).count()
-    newest = list(Entry.select().where(where).order_by(Entry.at.desc(), Entry.id.desc())
-                  .limit(in_full))
-    items = [Item(e.at, person_label(app.contacts, e.author, with_address=False),
-                  _capped(e.text, limit), new=e.communicated_at is None)
-             for e in reversed(newest)]
-    has_news = any(f.new for f in facts) or any(i.new for i in items)
-    ctx: dict[str, Any] = {
-        "kind": kind,
-        "incident": IncidentView(incident),
-        "facts": facts,
-        "updates": items,
-        "earlier_updates": total - len(items),
-        "has_news": has_news,
-        "now": now,
-        "elapsed": now - incident.declared_at,
-        "next_comm": incident.next_comm_at,
-        "prev_comm_at": incident.last_comm_at or incident.declared_at,
-        "subject": incident.subject,
-        "reply_address": reply_address(app.config.reply_local, app.config.reply_domain,
-                                       incident.id, app.config.secret),
-    }
-    ctx.update(extra)
-    ctx["preheader"] = preheader(incident, kind, ctx)
-    ctx["subject"] = subject_of(app, incident, kind, ctx)
-    return ctx
-
-
-def _first_line(text: str, width: int = 90) -> str:
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
-
-
-def preheader(incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
-    """The preview text an inbox list shows: the kind of email and its news, first."""
-    before = incident.last_sent or {}
-
-    def short(label: str, value: str) -> str:  # "P1 — critical…" -> "P1"; "Degraded" -> "degraded"
-        return value.split()[0] if label == "Severity" and value else value.lower()
-
-    shifts = [f"{short(f.label, before.get(f.label, ''))} → {short(f.label, f.value)}"
-              for f in ctx["facts"] if f.new and f.label in ("Severity", "Scope")]
-    news = [i for i in ctx["updates"] if i.new]
-    if kind == "start":
-        return f"STARTED — {incident.severity} {IMPACTS[incident.impact]} — {incident.summary}"
-    if kind == "update":
-        n = Entry.select().where((Entry.incident == incident) & (Entry.kind == "email")
-                                 & Entry.text.startswith("update email")).count() + 1
-        said = ", ".join(shifts)
-        if news:
-            said = f"{said} — {_first_line(news[-1].text)}" if said else _first_line(news[-1].text)
-        return f"UPDATE {n} — {said or 'no new information; investigation continues'}"
-    if kind == "solved":
-        took = format_duration(max(timedelta(0), (incident.resolved_at or ctx["now"])
-                                   - incident.declared_at))
-        label = "SOLVED" if incident.status == "resolved" else "SOLVED, follow-up pending"
-        return f"{label} after {took} — {_first_line(incident.resolution or incident.summary)}"
-    if kind == "escalation":
-        return (f"ESCALATION after {format_duration(ctx.get('threshold') or ctx['elapsed'])} — "
-                f"a decision is needed: {incident.summary}")
-    if kind == "reminder" and incident.next_comm_at:
-        return (f"Update due at {incident.next_comm_at:%H:%M} UTC — reply to this email to add "
-                "to it, or let it go out as it is")
-    if kind == "handover":
-        return "Time to hand over the lead — reply with `lead: someone@example.org`"
-    return str(ctx.get("title") or incident.subject)
-
-
-def subject_of(app: Mailflow, incident: Incident, kind: str, ctx: dict[str, Any]) -> str:
-    """The Subject: the incident's own for stakeholders; a to-do of its own for the lead."""
-    if kind == "reminder" and incident.next_comm_at:
-        return f"[{incident.ref}] Update due at {incident.next_comm_at:%H:%M} UTC — reply to send it"
-    if kind == "handover":
-        return f"[{incident.ref}] Hand over the lead — you have led it for " \
-               f"{format_duration(ctx.get('led_for') or ctx['elapsed'])}"
-    if kind == "notice":
-        title = str(ctx.get("title") or "")
-        return title if title.startswith(f"[{incident.ref}]") else f"[{incident.ref}] {title}"
-    if app.config.emails.subject_style == "status":
-        # The state up front, the stable part after: what the team asked for, at the cost of
-        # Gmail's conversation (it threads only identical subjects).
-        return f"{ctx['preheader'].split(' — ')[0]} · {incident.subject}"
-    return incident.subject
-
-
-class IncidentView:
-    """Read-only view of an incident for templates (no database access from a template)."""
-
-    def __init__(self, incident: Incident) -> None:
-        self.ref = incident.ref
-        self.service = incident.service
-        self.service_title = incident.service_title
-        self.severity = incident.severity
-        self.impact = incident.impact
-        self.impact_label = IMPACTS[incident.impact]
-        self.summary = incident.summary
-        self.impacted = list(incident.impacted)
-        self.eta = incident.eta
-        self.started = incident.started
-        self.next_steps = incident.next_steps
-        self.lead = incident.lead or ""
-        self.communicator = incident.communicator or ""
-        self.scribe = incident.scribe or ""
-        self.status = incident.status
-        self.declared_at = incident.declared_at
-        self.resolved_at = incident.resolved_at
-
-
 # --- recipients ---------------------------------------------------------------------------
 
 def add_recipient(app: Mailflow, incident: Incident, address: str, reason: str,
-                  now: datetime) -> Recipient:
-    """Add someone to the incident's emails (idempotent: the first reason is kept)."""
+                  now: datetime, via: str = "*") -> Recipient:
+    """Add someone to the incident's emails (idempotent: the first reason is kept).
+
+    `via`: the notified list that brings them in, or "*" when they are named directly (a
+    role, impacted, an escalation): what they receive follows from it (see `audience`).
+    """
     email = check_address(address, rules=rules_of(app.config))
     existing = Recipient.get_or_none((Recipient.incident == incident) & (Recipient.email == email))
     if existing is not None:
-        if existing.status != "active" and reason:
-            existing.status = "active"
+        vias = [v for v in (existing.via or "").split(",") if v]
+        if (existing.status != "active" and reason) or via not in vias:
+            existing.status = "active" if reason else existing.status
+            existing.via = ",".join([*vias, via])
             existing.save()
         return existing
     person = app.contacts.person(email)
     return Recipient.create(incident=incident, email=email, name=person.name if person else "",
-                            reason=reason, added_at=now)
+                            reason=reason, added_at=now, via=via)
+
+
+def add_notified(app: Mailflow, incident: Incident, service: Service, now: datetime) -> None:
+    """Everyone on the service's `notify` lists, each remembering the list that brought them."""
+    for list_name in service.notify:
+        for addr in app.contacts.expand([list_name]):
+            add_recipient(app, incident, addr,
+                          f"because you are on the {list_name} list for {service.title}", now,
+                          via=list_name)
+
+
+MILESTONE_KINDS = ("start", "solved")
+
+
+def is_milestone(incident: Incident, kind: str, contacts: Contacts | None = None) -> bool:
+    """Start, solved, and an update that changes the severity or impact (or reopens)."""
+    if kind in MILESTONE_KINDS:
+        return True
+    if kind != "update":
+        return False
+    before, now = incident.last_sent or {}, facts_of(incident, contacts)
+    if any(before.get(k) != now[k] for k in ("Severity", "Scope")):
+        return True
+    return Entry.select().where((Entry.incident == incident) & (Entry.kind == "reopened")
+                                & Entry.communicated_at.is_null()).exists()
+
+
+def audience(service: Service | None, via: str) -> tuple[str, frozenset[str]]:
+    """What a recipient brought in by `via` receives: ("all" | "milestones", severities
+    held out of working hours). The most their lists give: any "all" list, or being named
+    directly, means all; mail waits only if every one of their lists lets it wait."""
+    vias = [v for v in (via or "").split(",") if v]
+    if service is None or not vias or "*" in vias:
+        return "all", frozenset()
+    gets = "all" if any(service.gets(v) == "all" for v in vias) else "milestones"
+    held = frozenset.intersection(*(service.held(v) for v in vias))
+    return gets, held
 
 
 def personal(app: Mailflow, recipient: Recipient) -> Personal:
@@ -346,16 +203,22 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     it carries is no longer new. Reminders and escalations leave "new" untouched.
     `expires_at`: past it, the outbox drops the email instead of sending it late.
     """
+    not_before: dict[str, datetime] = {}
+    skipped = 0
     if to is None:
         # Only the columns used here and by `personal`: a fan-out reads 1,000s of rows, and
         # building each full row (dates parsed) cost half of this query.
-        to = list(Recipient.select(Recipient.id, Recipient.email, Recipient.name,
-                                   Recipient.reason, Recipient.first_message_id)
-                  .where((Recipient.incident == incident)
-                         # A bounce arrives with a token every recipient holds, so it can be
-                         # forged: it is recorded, but only our own relay's 5xx stops the mail.
-                         & (Recipient.status != "failed"))
-                  .order_by(Recipient.id))
+        everyone = list(Recipient.select(Recipient.id, Recipient.email, Recipient.name,
+                                         Recipient.reason, Recipient.first_message_id,
+                                         Recipient.via)
+                        .where((Recipient.incident == incident)
+                               # A bounce arrives with a token every recipient holds, so it can
+                               # be forged: it is recorded, but only our own relay's 5xx stops
+                               # the mail.
+                               & (Recipient.status != "failed"))
+                        .order_by(Recipient.id))
+        to, not_before = _audience_of(app, incident, kind, everyone, now)
+        skipped = len(everyone) - len(to)
     if not to:
         return []
     cfg = app.config
@@ -370,10 +233,13 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     max_chars = cfg.emails.update_max_chars
     while True:
         ctx = context(app, incident, kind, now, in_full=in_full, max_chars=max_chars, **extra)
+        headers = [("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)]
+        if not own_thread:  # Outlook threads by these, not by In-Reply-To
+            headers += conversation_headers(f"{cfg.reply_domain}/{incident.id}",
+                                            incident.subject, incident.declared_at, now)
         envelope = Envelope(
             sender=cfg.sender, subject=ctx["subject"], date=now, domain=cfg.reply_domain,
-            reply_to=ctx["reply_address"], threads=threads,
-            extra_headers=[("X-Mailflow-Incident", incident.ref), ("X-Mailflow-Kind", kind)],
+            reply_to=ctx["reply_address"], threads=threads, extra_headers=headers,
         )
         outgoing = app.renderer.personalise(kind, ctx, people, envelope)
         # Bounded size: older updates are left out (counted in a line), then the newest is
@@ -388,7 +254,11 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
     with app.db.atomic():
         app.outbox.enqueue(incident.id, kind, ctx["reply_address"],
                            [(o.recipient.email, o.message_id, o.raw) for o in outgoing], now,
-                           expires_at=expires_at, priority=PRIORITY.get(kind, 0))
+                           expires_at=expires_at, priority=PRIORITY.get(kind, 0),
+                           not_before=not_before)
+        # What waited for the morning goes ahead of this email to those who get it now.
+        app.outbox.release_held(incident.id, [o.recipient.email for o in outgoing
+                                              if o.recipient.email not in not_before], now)
         for o in outgoing:
             r = by_email[o.recipient.email]
             if not r.first_message_id and not own_thread:
@@ -396,8 +266,17 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
                     Recipient.id == r.id).execute()
         names = ", ".join(o.recipient.email for o in outgoing[:20])
         more = f" and {len(outgoing) - 20} more" if len(outgoing) > 20 else ""
-        log(incident, now, "email", f"{kind} email queued to {len(outgoing)}: {names}{more}",
-            author="mailflow", data={"kind": kind, "count": len(outgoing)})
+        notes = ""
+        if not_before:
+            opens = min(not_before.values())
+            notes += (f"; {len(not_before)} held until working hours (from "
+                      f"{as_utc(opens):%Y-%m-%d %H:%M} UTC)")
+        if skipped:
+            notes += f"; not sent to {skipped} on milestone-only lists"
+        log(incident, now, "email",
+            f"{kind} email queued to {len(outgoing)}: {names}{more}{notes}",
+            author="mailflow", data={"kind": kind, "count": len(outgoing),
+                                     "held": len(not_before), "skipped": skipped})
         if marks_sent:
             Entry.update(communicated_at=now).where(
                 (Entry.incident == incident) & Entry.communicated_at.is_null()).execute()
@@ -405,6 +284,28 @@ def communicate(app: Mailflow, incident: Incident, kind: str, now: datetime,
             incident.last_comm_at = now
             incident.save()
     return [o.message_id for o in outgoing]
+
+
+def _audience_of(app: Mailflow, incident: Incident, kind: str, everyone: Sequence[Recipient],
+                 now: datetime) -> tuple[list[Recipient], dict[str, datetime]]:
+    """Who gets this communication (milestone-only lists get milestones), and which copies
+    wait for working hours in the recipient's time zone (email → when they may go)."""
+    service = app.contacts.services.get(incident.service)
+    milestone = is_milestone(incident, kind, app.contacts) if service is not None else True
+    hours = app.contacts.working_hours
+    to: list[Recipient] = []
+    later: dict[str, datetime] = {}
+    for r in everyone:
+        gets, held = audience(service, r.via)
+        if gets == "milestones" and not milestone:
+            continue
+        to.append(r)
+        if incident.severity in held:
+            person = app.contacts.person(r.email)
+            opens = hours.opens_at(now, person.timezone if person else None)
+            if opens is not None:
+                later[r.email] = opens
+    return to, later
 
 
 def update_every(app: Mailflow, incident: Incident) -> timedelta:
@@ -509,10 +410,7 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
             author=author or lead or "")
         if lead:
             add_recipient(app, incident, lead, "as the incident lead", now)
-        for list_name in svc.notify:
-            for addr in app.contacts.expand([list_name]):
-                add_recipient(app, incident, addr,
-                              f"because you are on the {list_name} list for {svc.title}", now)
+        add_notified(app, incident, svc, now)
         for addr in impacted:
             add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
         schedule_mark(app, incident, now + update_every(app, incident), now)
@@ -524,11 +422,32 @@ def declare(app: Mailflow, now: datetime, *, service: str, severity: str, impact
 
 def threshold_label(delta: timedelta) -> str:
     """An escalation key: 4h, 1d, 90m."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return compact_duration(delta, one_unit=True)
+
+
+def message_ids(incident: Incident, kind: str) -> list[str]:
+    """The Message-IDs queued for one kind of communication of the incident."""
+    return [m.message_id for m in OutMessage.select(OutMessage.message_id).where(
+        (OutMessage.incident == incident) & (OutMessage.kind == kind))]
+
+
+def listing(show_all: bool = False, drafts: bool = False) -> list[Incident]:
+    """Incidents newest first: open ones unless `show_all`; drafts only with `drafts`."""
+    q = Incident.select().order_by(Incident.id.desc())
+    if not show_all:
+        q = q.where(Incident.status != Status.RESOLVED)
+    # Drafts from alerts are not incidents until declared (nor dismissed ones ever).
+    hidden = (() if drafts and show_all else (Status.DISMISSED,) if drafts
+              else (Status.DRAFT, Status.DISMISSED))
+    return list(q.where(Incident.status.not_in(hidden)) if hidden else q)
+
+
+def mark_postmortem_done(app: Mailflow, incident: Incident, now: datetime, author: str) -> None:
+    """Record that the postmortem was held: its reminders stop."""
+    with locked(app, incident):
+        incident.postmortem_done = True
+        incident.save()
+        log(incident, now, EntryKind.POSTMORTEM, "postmortem marked done", author=author)
 
 
 def require_open(incident: Incident) -> None:
@@ -674,20 +593,6 @@ def change_label(change: dict[str, Any]) -> str:
     return f"{label}: {old or '—'} → {new}"
 
 
-def field_changes(entries: Iterable[Entry], name: str) -> list[tuple[Entry, dict[str, Any]]]:
-    """Every change of field `name` in these entries, old one-change entries included."""
-    found = []
-    for entry in entries:
-        data = entry.data or {}
-        changes = data.get("changes")
-        if changes is None and "field" in data:  # an entry written before one-entry actions
-            changes = [data]
-        for change in changes or []:
-            if change.get("field") == name:
-                found.append((entry, change))
-    return found
-
-
 @mutates
 def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, *,
                  text: str = "", fields: dict[str, str | None] | None = None,
@@ -768,16 +673,24 @@ def apply_update(app: Mailflow, incident: Incident, now: datetime, author: str, 
     if at is not None:
         schedule_mark(app, incident, at, now)  # said explicitly: wins over the cadence
     action.next_comm_at = incident.next_comm_at
-    if text or action.changes:
-        labels = action.applied
+    if added:
+        # Who receives the emails is the record's business, not news for everyone.
+        action.entry = log(incident, now, "recipient",
+                           f"Added {', '.join(added)} to the emails (impacted)", author=author,
+                           data={"changes": [{"field": "impacted", "new": a} for a in added]})
+    shown = [c for c in action.changes if c["field"] != "impacted"]
+    if text or shown:
+        labels = [change_label(c) for c in shown]
         if at is not None:
             labels.append(f"Next communication: {when_text(at, tz)}")
         body = "\n\n".join(part for part in (text, " · ".join(labels), note.strip()) if part)
-        kind = "update" if text else ("handover" if names == {"lead"} and not added
-                                      else "change")
-        data = {"changes": action.changes}
-        if len(action.changes) == 1:  # the shape one-change entries always had
-            data.update(action.changes[0])
+        kind = "update" if text else ("handover" if names == {"lead"} else "change")
+        data: dict[str, Any] = {"changes": shown}
+        sections = report.read(text) if text else None
+        if sections:  # Learned / Tried / Now / Left: grouped in emails and the postmortem
+            data["report"] = sections
+        if len(shown) == 1:  # the shape one-change entries always had
+            data.update(shown[0])
         action.entry = log(incident, now, kind, body, author=author, shown=True, data=data)
         if text and incident.scribe and incident.scribe != author:
             # The scribe keeps the log, so they see every reply as it is posted.
@@ -800,7 +713,7 @@ def resolve(app: Mailflow, incident: Incident, now: datetime, steps: str, author
     if not steps:
         raise InvalidInput("resolution steps are empty: say what fixed it")
     with app.db.atomic():
-        incident.status = "follow-up" if follow_up.strip() else "resolved"
+        incident.status = Status.FOLLOW_UP if follow_up.strip() else Status.RESOLVED
         incident.resolution = steps
         incident.follow_up = follow_up.strip()
         incident.resolved_at = now
@@ -859,7 +772,7 @@ def close(app: Mailflow, incident: Incident, now: datetime, author: str,
         raise InvalidInput(f"{incident.ref} is {incident.status}: only an incident resolved with "
                            "--follow-up is closed later")
     with app.db.atomic():
-        incident.status = "resolved"
+        incident.status = Status.RESOLVED
         incident.closed_at = now
         incident.save()
         done = note.strip() or f"Follow-up done: {incident.follow_up}"
@@ -877,9 +790,12 @@ def describe(incident: Incident) -> dict[str, Any]:
 
     messages: dict[str, list[dict[str, Any]]] = {}
     for m in OutMessage.select().where(OutMessage.incident == incident).order_by(OutMessage.id):
+        # Not tried yet: when it may go (later than now: held for working hours).
+        untried = m.status == "queued" and not m.attempts and not m.last_error
         messages.setdefault(m.recipient, []).append({
             "kind": m.kind, "message_id": m.message_id, "status": m.status,
             "attempts": m.attempts, "sent_at": iso(m.sent_at), "error": m.last_error or None,
+            "not_before": iso(m.next_attempt_at) if untried else None,
         })
     return {
         "ref": incident.ref, "service": incident.service, "service_title": incident.service_title,
@@ -938,8 +854,9 @@ def add_impacted(app: Mailflow, incident: Incident, address: str, now: datetime,
     if addr not in incident.impacted:
         incident.impacted = [*incident.impacted, addr]
         incident.save()
-        log(incident, now, "change", f"Added {addr} to the impacted people", author=author,
-            shown=True, data={"field": "impacted", "new": addr})
+        # Recorded, not broadcast: who receives the emails is not news for everyone.
+        log(incident, now, "recipient", f"Added {addr} to the emails (impacted)",
+            author=author, data={"field": "impacted", "new": addr})
     return add_recipient(app, incident, addr, f"because you are impacted by {incident.ref}", now)
 
 
@@ -950,7 +867,7 @@ def reopen(app: Mailflow, incident: Incident, now: datetime, author: str, text: 
     everyone is told at once unless `notify` is False (the caller sends the update)."""
     if incident.is_open:
         raise InvalidInput(f"{incident.ref} is open; only a resolved incident is reopened")
-    if incident.status not in ("resolved", "follow-up"):
+    if incident.status not in (Status.RESOLVED, Status.FOLLOW_UP):
         raise InvalidInput(f"{incident.ref} is {incident.status}; only a resolved incident is "
                            "reopened")
     was = incident.status
@@ -973,7 +890,8 @@ def remove_person(app: Mailflow, email: str, now: datetime, author: str) -> list
     address = addresses.normalise(email) or str(email).strip().lower()
     refs = []
     with app.db.atomic("IMMEDIATE"):
-        for incident in Incident.select().where(Incident.status.in_(("open", "draft", "follow-up"))):
+        live = Incident.status.in_(LIVE)
+        for incident in Incident.select().where(live):
             roles = [r for r in ROLES if getattr(incident, r) == address]
             listed = address in incident.impacted
             gone = Recipient.delete().where((Recipient.incident == incident)

@@ -295,7 +295,12 @@ def _m0008_outbox_priority_and_failure_notice(db: Database, migrator: SchemaMigr
     _add_column(db, migrator, "outmessage", "failure_told_at", DateTimeField(null=True))
 
 
-def _m0009_instances(db: Database, migrator: SchemaMigrator) -> None:
+def _m0009_recipient_via(db: Database, migrator: SchemaMigrator) -> None:
+    """Which lists brought a recipient in ("*": named directly), for per-list audiences."""
+    _add_column(db, migrator, "recipient", "via", TextField(default=""))
+
+
+def _m0010_instances(db: Database, migrator: SchemaMigrator) -> None:
     """The daemons working on this database, with their heartbeat (`mailflow status`)."""
 
     class Instance(Model):
@@ -324,7 +329,8 @@ MIGRATIONS: list[Migration] = [
     Migration("0007_inmessage_digest", _m0007_inmessage_digest),
     Migration("0008_outbox_priority_and_failure_notice",
               _m0008_outbox_priority_and_failure_notice),
-    Migration("0009_instances", _m0009_instances),
+    Migration("0009_recipient_via", _m0009_recipient_via),
+    Migration("0010_instances", _m0010_instances),
 ]
 
 

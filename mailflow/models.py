@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,16 @@ from peewee import (
     BlobField,
     BooleanField,
     CharField,
+    Database,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
-    Database,
     Model,
     OperationalError,
     PostgresqlDatabase,
     SqliteDatabase,
     TextField,
 )
-
 from playhouse.postgres_ext import Psycopg3Database
 
 from .clock import as_utc
@@ -37,6 +37,7 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 
 class DatabaseUnavailable(MailflowError):
     """The database server cannot be reached (down, failing over, or refused us)."""
+
 
 class UTCDateTimeField(DateTimeField):
     """Stores naive UTC, returns aware UTC, so comparisons with `now` never mix kinds."""
@@ -59,6 +60,51 @@ class JSONField(TextField):
 
     def python_value(self, value: Any) -> Any:
         return None if value is None else json.loads(value)
+
+
+class Status(StrEnum):
+    """Where an incident is in its life. Stored as its value; compares equal to it."""
+
+    DRAFT = "draft"  # opened by an alert, waiting for the on-call to declare or dismiss
+    DISMISSED = "dismissed"  # a draft the on-call dismissed: nothing was sent
+    OPEN = "open"  # declared: updates due, escalations running
+    FOLLOW_UP = "follow-up"  # solved with a workaround; the real fix is still pending
+    RESOLVED = "resolved"  # solved for good
+
+
+LIVE = (Status.OPEN, Status.DRAFT, Status.FOLLOW_UP)  # the daemon still has work for these
+
+
+class EntryKind(StrEnum):
+    """What a timeline entry records. `log` refuses any other kind (a typo is a bug)."""
+
+    DECLARED = "declared"
+    UPDATE = "update"  # posted text, with any changes made in the same action
+    CHANGE = "change"  # fields changed without text
+    HANDOVER = "handover"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+    CLOSED = "closed"  # the follow-up was done
+    DISMISSED = "dismissed"
+    NOTE = "note"  # internal: not carried by emails
+    EMAIL = "email"  # an email was queued
+    REMINDER = "reminder"
+    HANDOVER_REMINDER = "handover-reminder"
+    ESCALATION = "escalation"
+    SCHEDULE = "schedule"
+    POSTMORTEM = "postmortem"
+    ALERT = "alert"
+    WARNING = "warning"
+    FAILURE = "failure"  # a delivery failed
+    BOUNCE = "bounce"
+    AUTO_REPLY = "auto-reply"
+    REFUSED = "refused"  # a reply that was not posted, and why
+    HELD = "held"  # a command-looking line held for a look-alike sender
+    EMPTY = "empty"  # a reply with no new text
+    SEND_NOW = "send-now"
+    STRANGERS_TOLD = "strangers-told"
+    REMOVED = "removed"  # a person taken off the incident
+    RECIPIENT = "recipient"  # someone added to the emails: recorded, not broadcast
 
 
 class BaseModel(Model):
@@ -84,13 +130,14 @@ class Incident(BaseModel):
     lead_since = UTCDateTimeField(null=True)
     communicator = CharField(null=True)
     scribe = CharField(null=True)
-    status = CharField(default="open")  # draft (from an alert) | dismissed | open | follow-up | resolved
+    status = CharField(default=Status.OPEN.value)  # a Status
     declared_at = UTCDateTimeField()
     resolved_at = UTCDateTimeField(null=True)
     closed_at = UTCDateTimeField(null=True)
     next_comm_at = UTCDateTimeField(null=True)
     last_comm_at = UTCDateTimeField(null=True)
-    last_sent = JSONField(null=True)  # the facts as last communicated: what "new" is measured against
+    # the facts as last communicated: what "new" is measured against
+    last_sent = JSONField(null=True)
     resolution = TextField(default="")
     follow_up = TextField(default="")
     postmortem_done = BooleanField(default=False)
@@ -103,7 +150,7 @@ class Incident(BaseModel):
     @property
     def is_open(self) -> bool:
         """True until the incident is resolved (with or without follow-up)."""
-        return self.status == "open"
+        return self.status == Status.OPEN
 
 
 class Entry(BaseModel):
@@ -136,6 +183,9 @@ class Recipient(BaseModel):
     first_message_id = CharField(null=True)
     status = CharField(default="active")  # active | bounced | failed
     last_error = TextField(default="")
+    # The lists that brought them in, comma-separated; "*" when named directly (a role,
+    # impacted, an escalation): what they receive follows from these lists' audiences.
+    via = TextField(default="")
 
     class Meta:
         indexes = ((("incident", "email"), True),)
@@ -181,6 +231,7 @@ class Due(BaseModel):
     due_at = UTCDateTimeField()
     done_at = UTCDateTimeField(null=True)
     outcome = CharField(default="")  # done | skipped | cancelled
+    incident_id: int  # peewee's column attribute for the foreign key, declared for mypy
 
     class Meta:
         indexes = (

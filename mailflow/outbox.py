@@ -28,7 +28,7 @@ import sqlite3
 import ssl
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -488,15 +488,18 @@ class Outbox:
 
     def enqueue(self, incident_id: int | None, kind: str, envelope_from: str,
                 messages: Sequence[tuple[str, str, bytes]], now: datetime,
-                expires_at: datetime | None = None, priority: int = 0) -> None:
+                expires_at: datetime | None = None, priority: int = 0,
+                not_before: Mapping[str, datetime] | None = None) -> None:
         """Queue (recipient, Message-ID, raw bytes) triples; the caller's transaction commits.
 
         `priority`: higher is claimed first (mail for the lead goes ahead of a fan-out).
+        `not_before`: recipient → when their copy may go (held until working hours).
 
         One executemany: peewee's per-row query building cost more than the SQLite insert.
         """
         at = _sql_time(now)
         expires = _sql_time(expires_at) if expires_at else None
+        later = {r: _sql_time(t) for r, t in (not_before or {}).items()}
         self.queued += len(messages)
         if priority > 0:
             self.urgent = True  # a drain in progress takes it ahead of the rest of its batch
@@ -505,12 +508,37 @@ class Outbox:
             "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
             "raw, created_at, next_attempt_at, expires_at, attempts, status, last_error, priority) "
             f"VALUES ({', '.join([p] * 9)}, 0, 'queued', '', {p})",
-            [(incident_id, kind, rcpt, envelope_from, mid, raw, at, at, expires, priority)
-             for rcpt, mid, raw in messages])
+            # A held copy's retry window starts when it may go, not when it was queued.
+            [(incident_id, kind, rcpt, envelope_from, mid, raw, later.get(rcpt, at),
+              later.get(rcpt, at), expires, priority) for rcpt, mid, raw in messages])
+
+    def release_held(self, incident_id: int, recipients: Sequence[str], now: datetime) -> int:
+        """Send now what was held for working hours to these recipients of one incident
+        (a later email of the incident goes at once: the earlier ones go first)."""
+        if not recipients:
+            return 0
+        p = self.db.param
+        among = "= ANY(%s)" if self._postgres else "IN (SELECT value FROM json_each(?))"
+        cur = self.db.execute_sql(
+            f"UPDATE outmessage SET next_attempt_at = {p} WHERE incident_id = {p} AND status = "
+            f"'queued' AND attempts = 0 AND last_error = '' AND next_attempt_at > {p} "
+            f"AND recipient {among}",
+            (_sql_time(now), incident_id, _sql_time(now),
+             list(recipients) if self._postgres else json.dumps(list(recipients))))
+        return int(cur.rowcount or 0)
 
     def pending(self) -> int:
         """How many messages are not yet sent or failed."""
         return OutMessage.select().where(OutMessage.status.in_(("queued", "sending"))).count()
+
+    def unsent(self, message_ids: Iterable[str]) -> list[OutMessage]:
+        """Of these messages, the ones not sent (yet): queued, sending, failed or bounced."""
+        wanted = list(dict.fromkeys(message_ids))
+        out: list[OutMessage] = []
+        for i in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            out.extend(OutMessage.select().where(OutMessage.message_id.in_(wanted[i:i + 500])
+                                                 & (OutMessage.status != "sent")))
+        return out
 
     def pending_now(self, now: datetime) -> bool:
         """Whether a message is queued and due at `now` (a drain should start)."""
@@ -533,9 +561,12 @@ class Outbox:
             "(claimed_until <= :at OR claimed_by IN (SELECT value FROM json_each(:dead)))))")
     # One message per recipient at a time: nothing earlier to them is still waiting.
     # A message of higher priority (the lead's reminder) may pass their place in a fan-out.
+    # Mail held until working hours (never tried, not yet due) does not hold up the rest.
     _FIRST = ("NOT EXISTS (SELECT 1 FROM outmessage AS e WHERE e.recipient = m.recipient "
               "AND e.status IN ('queued', 'sending') AND e.id < m.id "
-              "AND e.priority >= m.priority)")
+              "AND e.priority >= m.priority "
+              "AND NOT (e.status = 'queued' AND e.attempts = 0 AND e.last_error = '' "
+              "AND e.next_attempt_at > :at))")
 
     def _claim(self, conn: sqlite3.Connection, now: datetime, limit: int,
                urgent: bool = False) -> list[Claimed]:
@@ -593,7 +624,7 @@ class Outbox:
         only = "AND priority > 0 " if urgent else ""
         rows = conn.execute(
             "WITH c AS (SELECT id FROM outmessage AS m "
-            f"WHERE {self._DUE_PG} {only}AND {self._FIRST} "
+            f"WHERE {self._DUE_PG} {only}AND {self._FIRST.replace(':at', '%(at)s')} "
             "ORDER BY priority DESC, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             "UPDATE outmessage AS o SET status = 'sending', claimed_until = %(until)s, "
             "claimed_by = %(me)s FROM c WHERE o.id = c.id RETURNING o.id, o.incident_id, "
@@ -645,10 +676,10 @@ class Outbox:
         """Record one delivery (on the mark lane); a failure is logged, never raised."""
         try:
             with self._writing:
+                p = self.db.param
                 conn.execute(
-                    "UPDATE outmessage SET status = 'sent', sent_at = {0}, claimed_until = NULL, "
-                    "attempts = attempts + 1 WHERE id = {0}".format(self.db.param),
-                    (at, msg.id))
+                    f"UPDATE outmessage SET status = 'sent', sent_at = {p}, claimed_until = NULL, "
+                    f"attempts = attempts + 1 WHERE id = {p}", (at, msg.id))
         except Exception:
             # It went out; unmarked, it will be sent again once its lease ends.
             log.exception("could not mark the email to %s as sent", msg.recipient)

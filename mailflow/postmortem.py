@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from .composition import IMPACTS, SEVERITY_LABELS, field_changes, person_label, phases, worst_of
 from .errors import InvalidInput, TemplateError
-from .incidents import IMPACTS, SEVERITY_LABELS, field_changes, person_label
 from .models import Entry, Incident, OutMessage
 from .render import one_line
 
@@ -124,6 +124,30 @@ def _line(entry: Entry, contacts: Contacts | None = None) -> Line:
     return Line(entry.at, entry.kind, _author(entry.author, contacts), md_text(entry.text))
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """Something tried during the incident and what it gave (from `Tried:` in replies)."""
+
+    at: datetime
+    author: str
+    what: str
+    result: str
+
+
+@dataclass(frozen=True)
+class Learned:
+    """Something the team learned on the way (from `Learned:` in replies)."""
+
+    at: datetime
+    author: str
+    text: str
+
+
+def _cell(text: str) -> str:
+    """Text for one cell of a Markdown table: one line, no column separator."""
+    return md_line(text).replace("|", "\\|")
+
+
 def context(incident: Incident, now: datetime, contacts: Contacts | None = None
             ) -> dict[str, Any]:
     """Everything `postmortem.md` can use, read from the incident and its timeline."""
@@ -192,9 +216,23 @@ def context(incident: Incident, now: datetime, contacts: Contacts | None = None
         for e in Incident.select().where((Incident.service == incident.service)
                                          & (Incident.id < incident.id)).order_by(Incident.id)
     ]
+    # Phases and the worst state, as the solved email tells them (Markdown-inert already:
+    # severities, impacts and times only).
+    stretches = phases(incident, incident.resolved_at)
+    worst_severity, worst_impact = worst_of(stretches)
+    experiments = [Experiment(e.at, author(e.author), _cell(x.get("what", "")),
+                              _cell(x.get("result", "")))
+                   for e in entries for x in ((e.data or {}).get("report") or {}).get("tried", [])]
+    learned = [Learned(e.at, author(e.author), md_line(x))
+               for e in entries for x in ((e.data or {}).get("report") or {}).get("learned", [])]
     return {
         "incident": view,
+        "worst": {"severity": worst_severity, "impact": worst_impact,
+                  "impact_label": IMPACTS.get(worst_impact, worst_impact)},
+        "phases": [p.text(incident.declared_at.date()) for p in stretches],
         "now": now,
+        "experiments": experiments,
+        "learned": learned,
         "timeline": [line(e) for e in entries],
         "updates": [line(e) for e in entries if e.kind == "update"],
         "escalations": [line(e) for e in entries if e.kind == "escalation"],

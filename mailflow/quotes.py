@@ -142,7 +142,8 @@ _SENT_FROM = re.compile(
     rf"(?:[.,;]?\s{{1,3}}(?:{_alternation(patterns.SENT_FROM_APOLOGY, escape=False)})\b.{{0,60}})?$"
     # Words are split by the spaces, never by backtracking (a 200-character word would
     # otherwise be tried in every split); a suffix may be glued to the last word (iPhoneから送信).
-    rf"|^(?:(?:\S{{1,40}}\s){{1,4}}|(?:\S{{1,40}}\s){{0,3}}\S{{1,40}}?)(?:{_alternation(_flatten(patterns.SENT_FROM_SUFFIX), False)})"
+    r"|^(?:(?:\S{1,40}\s){1,4}|(?:\S{1,40}\s){0,3}\S{1,40}?)"
+    rf"(?:{_alternation(_flatten(patterns.SENT_FROM_SUFFIX), False)})"
     r"\.?$",
     re.IGNORECASE,
 )
@@ -186,10 +187,10 @@ def _is_attribution(probe: str, next_quoted: bool, strict: bool = False) -> bool
     # which keeps a body of long lines cheap.
     start = max(0, len(probe) - (_TAIL_WINDOW if colon else 40))
     verb = None
-    for verb in _VERB.finditer(probe, start):
+    for verb in _VERB.finditer(probe, start):  # noqa: B007 (keeps the last match)
         pass
     if verb is None and lead:
-        for verb in _LEAD_ONLY_VERB.finditer(probe, start):
+        for verb in _LEAD_ONLY_VERB.finditer(probe, start):  # noqa: B007 (the last match)
             pass
     if verb is None or verb.start() == 0:
         return False

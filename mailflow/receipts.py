@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import commands as cmd
 from . import incidents as inc
 from .addresses import normalise
+from .composition import IncidentView
 from .models import Incident
 from .render import Personal, one_line
 from .replies import Reply
@@ -106,7 +107,7 @@ def queue_receipt(app: Mailflow, incident: Incident, reply: Reply, receipt: Rece
     address = reply_address(cfg.reply_local, cfg.reply_domain, incident.id, cfg.secret)
     ctx = {
         "kind": "receipt",
-        "incident": inc.IncidentView(incident),
+        "incident": IncidentView(incident),
         "subject": one_line(subject),
         "receipt": receipt,
         "held": [(line, suggestion(name)) for line, name in receipt.held],
@@ -125,7 +126,7 @@ def queue_receipt(app: Mailflow, incident: Incident, reply: Reply, receipt: Rece
     msg["X-Auto-Response-Suppress"] = "All"
     msg["X-Mailflow-Incident"] = incident.ref
     msg["X-Mailflow-Kind"] = "receipt"
-    msg.set_content(text)
+    msg.set_content(text, params={"format": "flowed"})  # the renderer wrapped it so
     msg.add_alternative(html, subtype="html")
     # Null envelope sender (RFC 3834): a receipt that cannot be delivered bounces nowhere.
     app.outbox.enqueue(incident.id, "receipt", "", [(sender, message_id, msg.as_bytes())], now)

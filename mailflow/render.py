@@ -11,7 +11,7 @@ import binascii
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -132,8 +132,8 @@ class _Markers:
 
 
 def _duration(delta: timedelta | None) -> str:
-    """A duration for an email: never negative, even when the clock stepped back."""
-    return format_duration(max(delta or timedelta(0), timedelta(0)))
+    """A duration for an email ("—" never: no duration reads as 0 min)."""
+    return format_duration(delta or timedelta(0))
 
 
 # Bidi overrides and isolates (text that reads backwards: "txt.exe" as "exe.txt") and
@@ -144,6 +144,61 @@ _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u
 def clean_text(text: str) -> str:
     """Posted text without bidi overrides and zero-width characters."""
     return _INVISIBLE.sub("", text)
+
+
+WIDTH = 78  # RFC 5322's line length: the text part's lines are at most this long
+_LIST_ITEM = re.compile(r"(?:[-*•+]|\d{1,3}[.)]|[a-z][.)])\s")
+
+
+def reflow_paragraphs(text: str) -> str:
+    """Join the lines a mail client hard-wrapped (at 72 or so) back into paragraphs, so
+    they wrap at the reader's width (a phone's is 40): a line of 50-80 characters followed
+    by one that continues the paragraph. Lists, quotes, indented lines (code, stack
+    traces) and lines that all start with a digit (logs) keep their breaks."""
+    out: list[str] = []
+    previous = ""  # the previous line as written, before any joining
+    for line in text.split("\n"):
+        if out and _continues(previous, line):
+            out[-1] = out[-1].rstrip() + " " + line.strip()
+        else:
+            out.append(line)
+        previous = line
+    return "\n".join(out)
+
+
+def _continues(previous: str, line: str) -> bool:
+    """Whether `line` is the rest of `previous`'s paragraph, wrapped by a client."""
+    if not line.strip() or not previous.strip() or line[0] in " \t>" or previous[0] in " \t>":
+        return False
+    if not 50 <= len(previous.rstrip()) <= 80:
+        return False  # a short line was ended on purpose; a long one was not wrapped
+    if _LIST_ITEM.match(line) or (line[0].isdigit() and previous[0].isdigit()):
+        return False
+    return True
+
+
+def flowed(text: str, width: int = WIDTH) -> str:
+    """The text as RFC 3676 format=flowed: lines over `width` broken at spaces with a
+    trailing space (a soft break a flowed reader joins again at its own width); lines
+    starting with a space, ">" or "From " space-stuffed; the signature separator kept."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        if line == "-- ":
+            out.append(line)
+            continue
+        line = line.rstrip(" ")  # a trailing space would mean "joins the next line"
+        pieces = []
+        while len(line) > width:
+            cut = line.rfind(" ", 1, width)  # the piece keeps its space: at most `width`
+            if cut <= 0 or not line[:cut].strip():
+                cut = line.find(" ", width)  # a word longer than a line is not broken
+                if cut < 0:
+                    break
+            pieces.append(line[:cut + 1])
+            line = line[cut + 1:]
+        pieces.append(line)
+        out += [" " + p if p.startswith((" ", ">", "From ")) else p for p in pieces]
+    return "\n".join(out)
 
 
 def _hm(value: datetime | None) -> str:
@@ -254,7 +309,7 @@ class Renderer:
 
     def text(self, kind: str, context: dict[str, Any], person: Personal) -> str:
         """Render the plain-text part for one recipient (a Jinja render costs ~15 µs)."""
-        return self._render(f"{kind}.txt", {**context, "recipient": person})
+        return flowed(self._render(f"{kind}.txt", {**context, "recipient": person}))
 
     def preview(self, kind: str, context: dict[str, Any], person: Personal) -> str:
         """The final HTML one recipient would get (for `mailflow preview`)."""
@@ -270,7 +325,7 @@ class Renderer:
         text = self._render(f"{kind}.txt", {**context, "recipient": markers})
         skeleton = Skeleton(envelope)
         pattern = markers._pattern
-        text_part, html_part = _Part(text, pattern), _Part(html, pattern)
+        text_part, html_part = _Part(text, pattern, flowed), _Part(html, pattern)
         out = []
         for person in people:
             values = markers.values(person)
@@ -290,8 +345,10 @@ class _Part:
     apart gives the very bytes of encoding the whole text: this only saves the repetition.
     """
 
-    def __init__(self, rendered: str, pattern: re.Pattern[str]) -> None:
+    def __init__(self, rendered: str, pattern: re.Pattern[str],
+                 wrap: Callable[[str], str] | None = None) -> None:
         self.pattern = pattern
+        self.wrap = wrap  # per line, after the markers are filled (format=flowed)
         self.encoded: list[bytes] = []  # runs of shared lines; b"" where a marked line goes
         self.marked: list[tuple[int, str]] = []  # (position in `encoded`, line)
         lines = rendered.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -300,7 +357,7 @@ class _Part:
             if i < len(lines) - 1:
                 line += "\n"
             if pattern.search(line) is None:
-                shared.append(line)
+                shared.append(wrap(line) if wrap is not None else line)
                 continue
             if shared:
                 self.encoded.append(_qp("".join(shared)))
@@ -317,7 +374,8 @@ class _Part:
 
         out = self.encoded.copy()
         for position, line in self.marked:
-            out[position] = _qp(self.pattern.sub(fill, line))
+            filled = self.pattern.sub(fill, line)
+            out[position] = _qp(self.wrap(filled) if self.wrap is not None else filled)
         return b"".join(out)
 
 
@@ -374,7 +432,7 @@ class Skeleton:
         b = self.boundary
         parts += [
             b'Content-Type: multipart/alternative; boundary="', b, b'"\r\n\r\n',
-            b"--", b, b'\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+            b"--", b, b'\r\nContent-Type: text/plain; charset="utf-8"; format=flowed\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", text,
             b"\r\n--", b, b'\r\nContent-Type: text/html; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n", html,

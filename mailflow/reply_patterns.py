@@ -93,7 +93,8 @@ OTHER_HEADERS: tuple[str, ...] = (
     r".{1,80} via .{1,80} (?:wrote|schrieb|a écrit|escribió)[:：]?",  # "bob via Forum wrote:"
 )
 
-# English "sent", "said" and "says" are attribution verbs only after a lead word ("On …, Ana <a@x> sent:"):
+# English "sent", "said" and "says" are attribution verbs only after a lead word
+# ("On …, Ana <a@x> sent:"):
 # alone it is too common a word.
 LEAD_ONLY_VERBS: tuple[str, ...] = (r"\bsent", r"\bsaid", r"\bsays")
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import alerts, posting
 from . import incidents as inc
@@ -20,6 +20,7 @@ from .models import Due, Incident, OutMessage, is_postgres
 
 if TYPE_CHECKING:
     from .app import Mailflow
+    from .outbox import Report
 
 log = logging.getLogger(__name__)
 RETRY_FAILED = timedelta(minutes=5)
@@ -32,6 +33,7 @@ class TickReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    delivery: Report | None = None  # the outbox drain that followed (`tick` only)
 
 
 def due_work(now: datetime, limit: int = 200) -> list[Due]:
@@ -53,7 +55,7 @@ def run_due(app: Mailflow, now: datetime) -> TickReport:
                 with app.db.atomic("IMMEDIATE"):
                     if is_postgres(app.db) and Due.select(Due.id).where(
                             (Due.id == due.id) & Due.done_at.is_null()).for_update(
-                            "FOR UPDATE SKIP LOCKED").first() is None:
+                            "FOR UPDATE SKIP LOCKED").first() is None:  # type: ignore[arg-type]
                         continue  # another instance is doing it right now
                     # Claim: if another process did it meanwhile, the update touches no row.
                     claimed = Due.update(done_at=now, outcome="done").where(
@@ -127,17 +129,22 @@ def _escalate(app: Mailflow, incident: Incident, due: Due, now: datetime) -> boo
     to += inc.lead_recipients(app, incident, now)
     to = list({r.id: r for r in to}.values())
     tags = svc.expertise if svc else ()
-    experts = [{"name": p.name, "email": p.email, "tags": list(matched)}
+    experts: list[dict[str, Any]] = [{"name": p.name, "email": p.email, "tags": list(matched)}
                for p, matched in app.contacts.experts(tags)]
     thresholds = app.config.cadence.escalate[incident.severity]
     # The last of several thresholds (1 day by default) proposes the complete workaround.
     final = len(thresholds) > 1 and threshold >= max(thresholds)
+    # Third-party support next to the internal experts: how to open a ticket, how to escalate.
+    vendors = [{"name": v.name, "ticket": v.ticket, "escalate": v.escalate}
+               for v in app.contacts.vendors_of(incident.service)]
     inc.communicate(app, incident, "escalation", now, to=to, marks_sent=False,
-                    threshold=threshold, experts=experts, expertise=list(tags), final=final)
+                    threshold=threshold, experts=experts, expertise=list(tags), final=final,
+                    vendors=vendors)
+    listed = f"; vendors: {', '.join(v['name'] for v in vendors)}" if vendors else ""
     inc.log(incident, now, "escalation",
             f"escalated after {format_duration(threshold)} to {', '.join(lists) or 'the lead'}"
             f" ({', '.join(r.email for r in to)}); experts: "
-            f"{', '.join(e['email'] for e in experts) or 'none listed'}", "mailflow")
+            f"{', '.join(e['email'] for e in experts) or 'none listed'}{listed}", "mailflow")
     return True
 
 
@@ -220,8 +227,12 @@ HANDLERS: dict[str, Callable[[Mailflow, Incident, Due, datetime], bool]] = {
 
 
 def tick(app: Mailflow, now: datetime) -> TickReport:
-    """Do what is due, then deliver the outbox. Safe to call as often as you like."""
+    """Do what is due, then deliver the outbox. Safe to call as often as you like.
+
+    `mailflow tick` is this; the daemon runs `run_due` and drains the outbox in a task of
+    its own, so that a long fan-out never delays the next tick's deadlines.
+    """
     report = run_due(app, now)
-    delivery = app.deliver_now(now)
-    report.errors.extend(delivery.errors)
+    report.delivery = app.deliver_now(now)
+    report.errors.extend(report.delivery.errors)
     return report

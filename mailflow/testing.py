@@ -12,16 +12,15 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
 
 # A small directory for tests and benchmarks: two time zones, three expertise tags, the
 # three lists an incident escalates to, one service.

@@ -51,6 +51,17 @@ def app(project: Path) -> Iterator[Mailflow]:
 
 
 @pytest.fixture
+def announced(app: Mailflow, sink: Sink) -> Any:
+    """INC-1 declared (see helpers.declare), its start notification delivered, the sink empty."""
+    from .helpers import declare
+
+    created = declare(app)
+    app.deliver_now(T0)
+    sink.clear()
+    return created
+
+
+@pytest.fixture
 def inbound(app: Mailflow) -> Iterator[Any]:
     """mailflow's inbound handler on a free loopback port, 64 KiB DATA limit, clock at NOW."""
     from .helpers import Inbound  # helpers imports this module: imported late

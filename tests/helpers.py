@@ -17,10 +17,15 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
+from click.testing import CliRunner, Result
+
 from mailflow import incidents as inc
 from mailflow.app import Mailflow
+from mailflow.cli import cli
 from mailflow.inbound import Gate, InboundHandler, listen
-from mailflow.models import Incident
+from mailflow.models import Entry, Incident
+from mailflow.replies import Command, Reply
+from mailflow.replies.mime import _unflow
 from mailflow.testing import Sink
 
 from .conftest import T0
@@ -186,3 +191,123 @@ def message(body: str, sender: str = "Bob Stone <bob@example.org>", message_id: 
     msg["Message-ID"] = message_id or f"<{abs(hash((body, sender)))}@client.example>"
     msg.set_content(body)
     return msg
+
+
+# --- moved from the test modules that first needed them ---
+
+
+def assert_clean(reply: Reply) -> None:
+    """Invariants every parse result keeps, whatever the input."""
+    for value in (reply.sender, reply.sender_name, reply.subject, reply.message_id, reply.reason):
+        assert isinstance(value, str)
+        assert "\r" not in value and "\n" not in value
+        assert not re.search(r"[\x00-\x1f\x7f]", value)
+    assert "\r" not in reply.text
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]", reply.text)
+    assert reply.sender == reply.sender.lower()
+    assert not (reply.is_auto_reply and reply.is_bounce)
+    assert all(isinstance(c, Command) for c in reply.commands)
+    assert all(r == r.lower() and "@" in r for r in reply.bounced_recipients)
+
+
+def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org") -> int:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, "Re: [INC-1]"
+    msg["Message-ID"] = f"<{time.monotonic_ns()}@client.example>"
+    msg.set_content(body)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        try:
+            smtp.sendmail(sender, [to], msg.as_bytes(policy=SMTP))
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code
+    return 250
+
+
+DECLARE = ["declare", "--service", "learn", "--severity", "P1", "--impact", "outage",
+           "--summary", "Learn platform returns 502", "--impacted", "student-council@example.org",
+           "--eta", "unknown: depends on the database restore",
+           "--started", "Restarting the DB primary", "--next-steps", "Check replication lag",
+           "--lead", "ana@example.org"]
+
+
+def run(folder: Path, *args: str, now: str = "2026-11-24T10:00:00Z") -> Result:
+    env = {"MAILFLOW_CONFIG": str(folder / "mailflow.toml"), "MAILFLOW_NOW": now,
+           "MAILFLOW_USER": "ana@example.org"}
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def reply_to_address(app: Mailflow, incident: Incident) -> str:
+    from mailflow.tokens import reply_address
+    cfg = app.config
+    return reply_address(cfg.reply_local, cfg.reply_domain, incident.id, cfg.secret)
+
+
+def reply_to(sink: Sink, rcpt: str = "ana@example.org") -> str:
+    return by_rcpt(sink)[rcpt][0]["Reply-To"]
+
+
+def reply(body: str, sender: str = "Bob Stone <bob@example.org>", **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "incidents@example.org"
+    msg["Subject"] = "Re: [INC-1] ISC Learn Platform: outage"
+    msg["Message-ID"] = f"<{abs(hash((body, sender, tuple(headers.items()))))}@client.example>"
+    for key, value in headers.items():
+        msg[key.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+def posted(incident: Incident, kind: str = "update") -> list[Entry]:
+    return list(Entry.select().where((Entry.incident == incident) & (Entry.kind == kind))
+                .order_by(Entry.id))
+
+
+ORANGE = "#ffe8cc"  # the .new background in templates/base.html
+
+
+GREEN = "#dafbe1"  # the .green background
+
+
+def declare(app: Mailflow, **kw: object) -> Incident:
+    fields = dict(service="learn", severity="P1", impact="outage",
+                  summary="Learn platform returns 502", impacted=["student-council@example.org"],
+                  eta="unknown: depends on the database restore",
+                  started="Restarting the DB primary", next_steps="Check replication lag",
+                  lead="ana@example.org", author="ana@example.org")
+    fields.update(kw)
+    return inc.declare(app, T0, **fields)  # type: ignore[arg-type]
+
+
+def html_of(msg: EmailMessage) -> str:
+    part = msg.get_body(("html",))
+    assert part is not None
+    return part.get_content()
+
+
+def text_of(msg: EmailMessage) -> str:
+    """The plain-text part as a reader shows it: format=flowed soft breaks joined."""
+    part = msg.get_body(("plain",))
+    assert part is not None
+    content = part.get_content()
+    if part.get_param("format") != "flowed":
+        return content
+    joined = _unflow(content.replace("\r\n", "\n"), delsp=False)
+    return joined.replace("\n", "\r\n") if "\r\n" in content else joined
+
+
+def by_rcpt(sink: Sink) -> dict[str, list[EmailMessage]]:
+    out: dict[str, list[EmailMessage]] = {}
+    for r in sink.received:
+        assert len(r.rcpt_tos) == 1, "mail merge: one message per recipient"
+        out.setdefault(r.rcpt_tos[0], []).append(r.message)
+    return out
+
+
+def highlighted(html: str, colour: str) -> list[str]:
+    """Texts of the elements whose inlined style carries `colour` (premailer inlined it)."""
+    found = []
+    for m in re.finditer(r'<(tr|li|p|div)[^>]*style="[^"]*' + re.escape(colour) +
+                         r'[^"]*"[^>]*>(.*?)</\1>', html, re.S):
+        found.append(re.sub(r"<[^>]+>", " ", m.group(2)))
+    return found

@@ -23,7 +23,7 @@ from mailflow.scheduler import run_due
 from mailflow.testing import CONTACTS, Sink
 
 from .conftest import T0, write_config
-from .test_daemon import Process, send_reply, wait_for
+from .helpers import Process, send_reply, text_of, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alerts"
 TOKEN = "alert-token-0123456789abcdef"
@@ -90,7 +90,7 @@ def test_webhooks_draft_dedup_declare_resolve(tmp_path: Path, sink: Sink) -> Non
         wait_for(lambda: len(sink.received) == 1, what="the on-call email")
         ask = sink.received[0]
         assert ask.rcpt_tos == ["bob@example.org"]
-        text = ask.message.get_body(("plain",)).get_content()
+        text = text_of(ask.message)
         assert "Learn returns 5xx for 12% of requests" in text
         assert "web-1:9100" in text and "web-2:9100" in text
         assert "`declare`" in text and "`dismiss`" in text
@@ -140,7 +140,7 @@ def test_webhooks_draft_dedup_declare_resolve(tmp_path: Path, sink: Sink) -> Non
         wait_for(lambda: len(sink.received) == before + 1, what="the note to the lead")
         note = sink.received[-1]
         assert note.rcpt_tos == ["bob@example.org"]
-        assert "reply `resolved`" in note.message.get_body(("plain",)).get_content()
+        assert "reply `resolved`" in text_of(note.message)
         assert incidents(tmp_path)[0].status == "open"
 
         # A reply `dismiss` closes the other draft without a word to anyone.
@@ -196,7 +196,7 @@ def test_reminder_after_ten_minutes_then_the_next_person(tmp_path: Path, sink: S
         reminder, nxt = sink.received[1], sink.received[2]
         assert reminder.rcpt_tos == ["bob@example.org"]
         assert "Reminder" in reminder.message["X-Mailflow-Kind"] + \
-            reminder.message.get_body(("plain",)).get_content()
+            text_of(reminder.message)
         assert nxt.rcpt_tos == ["ana@example.org"]
     finally:
         daemon.close()

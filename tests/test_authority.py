@@ -19,8 +19,7 @@ from mailflow.models import Entry, Incident, OutMessage, Recipient
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .test_inbound import posted, reply, reply_to
-from .test_lifecycle import by_rcpt, declare
+from .helpers import by_rcpt, declare, posted, reply, reply_to, text_of
 
 
 @pytest.fixture
@@ -38,9 +37,7 @@ def receipts(to: str) -> list[EmailMessage]:
 
 
 def body_of(msg: EmailMessage) -> str:
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return part.get_content()
+    return text_of(msg)  # format=flowed decoded, as a reader shows it
 
 
 def test_a_list_address_adds_text_but_cannot_resolve(app, sink, incident, inbound) -> None:  # noqa: ANN001

@@ -8,24 +8,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from mailflow.cli import cli
 from mailflow.testing import Sink
 
 from .conftest import write_config
-
-DECLARE = ["declare", "--service", "learn", "--severity", "P1", "--impact", "outage",
-           "--summary", "Learn platform returns 502", "--impacted", "student-council@example.org",
-           "--eta", "unknown: depends on the database restore",
-           "--started", "Restarting the DB primary", "--next-steps", "Check replication lag",
-           "--lead", "ana@example.org"]
-
-
-def run(folder: Path, *args: str, now: str = "2026-11-24T10:00:00Z") -> Result:
-    env = {"MAILFLOW_CONFIG": str(folder / "mailflow.toml"), "MAILFLOW_NOW": now,
-           "MAILFLOW_USER": "ana@example.org"}
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+from .helpers import DECLARE, run, text_of
 
 
 def test_the_readme_transcript_over_smtp(project: Path, sink: Sink, tmp_path: Path) -> None:
@@ -103,7 +92,7 @@ def test_bad_declarations_fail_with_one_line_and_write_nothing(project: Path, si
                                                                args: list[str],
                                                                message: str) -> None:
     argv = list(DECLARE)
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2], strict=False):
         argv[argv.index(flag) + 1] = value
     result = run(project, *argv)
     assert result.exit_code == 1
@@ -163,7 +152,7 @@ def test_permanent_failure_is_recorded_and_does_not_block_others(project: Path,
     assert run(project, "tick").exit_code == 0  # the failure notice is the scheduler's job
     [told] = [r for r in sink.received if r.message["X-Mailflow-Kind"] == "notice"]
     assert told.rcpt_tos == ["ana@example.org"], "the lead is told"
-    assert "ops-team@example.org: 550" in told.message.get_body(("plain",)).get_content()
+    assert "ops-team@example.org: 550" in text_of(told.message)
     shown = json.loads(run(project, "show", "INC-1", "--json").stdout)
     ops = next(r for r in shown["recipients"] if r["email"] == "ops-team@example.org")
     assert ops["status"] == "failed" and "550" in ops["error"]

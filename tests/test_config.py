@@ -90,7 +90,7 @@ def test_tokens_are_signed_and_checked() -> None:
     assert tokens.verify("42-" + "0" * 20, ["s3cret"]) is None
     assert tokens.verify(token.replace("42-", "43-"), ["s3cret"]) is None
     assert tokens.verify("garbage", ["s3cret"]) is None
-    assert tokens.split_address("Desk+%s@Example.org" % token) == ("desk", token, "example.org")
+    assert tokens.split_address(f"Desk+{token}@Example.org") == ("desk", token, "example.org")
 
 
 def test_a_rotated_secret_keeps_old_tokens_valid_for_a_grace_period(tmp_path: Path) -> None:

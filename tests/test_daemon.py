@@ -5,32 +5,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
-import time
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 
 from mailflow.testing import Sink
 
 from .conftest import T0, write_config
-from .helpers import Process, wait_for
-
-
-def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org") -> int:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = sender, to, "Re: [INC-1]"
-    msg["Message-ID"] = f"<{time.monotonic_ns()}@client.example>"
-    msg.set_content(body)
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-        try:
-            smtp.sendmail(sender, [to], msg.as_bytes(policy=SMTP))
-        except smtplib.SMTPDataError as exc:
-            return exc.smtp_code
-    return 250
+from .helpers import Process, send_reply, text_of, wait_for
 
 
 def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
@@ -59,7 +42,7 @@ def test_serve_end_to_end(tmp_path: Path, sink: Sink) -> None:
         assert sorted(r.message["X-Mailflow-Kind"] for r in sink.received[2:]) == [
             "receipt", "update", "update"]
         update = kinds["update"]
-        assert "Index rebuilt, app servers back" in update.get_body(("plain",)).get_content()
+        assert "Index rebuilt, app servers back" in text_of(update)
 
         # An edited contacts file is picked up without a signal: a new person may post.
         stranger = "zoe@example.org"

@@ -16,7 +16,7 @@ from mailflow.scheduler import tick
 from mailflow.testing import SinkHandler
 
 from .conftest import T0
-from .test_lifecycle import declare, text_of
+from .helpers import declare, text_of
 
 
 @pytest.mark.parametrize(("code", "message", "stage", "kind"), [

@@ -33,10 +33,7 @@ from mailflow.replies import MAX_PARTS, html_to_text, parse_reply
 from mailflow.testing import Received, Sink
 
 from .conftest import T0
-from .helpers import NOW, Inbound
-from .test_inbound import posted, reply, reply_to
-from .test_lifecycle import declare, html_of, text_of
-from .test_replies import assert_clean
+from .helpers import NOW, Inbound, assert_clean, declare, html_of, posted, reply, reply_to, text_of
 
 SUBJECT = b"Re: [INC-1] ISC Learn Platform: outage"
 _ids = itertools.count(1)

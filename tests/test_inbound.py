@@ -3,46 +3,24 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from email.message import EmailMessage
 
 import pytest
 
 from mailflow import incidents as inc
 from mailflow import tokens
 from mailflow.app import Mailflow
-from mailflow.models import Entry, Incident, InMessage, OutMessage, Recipient
+from mailflow.models import Incident, InMessage, OutMessage, Recipient
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .helpers import NOW
-from .test_lifecycle import ORANGE, by_rcpt, declare, highlighted, html_of
+from .helpers import NOW, ORANGE, by_rcpt, declare, highlighted, html_of, posted, reply, reply_to
+
 
 @pytest.fixture
 def incident(app: Mailflow, sink: Sink) -> Incident:
     created = declare(app)
     app.deliver_now(T0)
     return created
-
-
-def reply_to(sink: Sink, rcpt: str = "ana@example.org") -> str:
-    return by_rcpt(sink)[rcpt][0]["Reply-To"]
-
-
-def reply(body: str, sender: str = "Bob Stone <bob@example.org>", **headers: str) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = "incidents@example.org"
-    msg["Subject"] = "Re: [INC-1] ISC Learn Platform: outage"
-    msg["Message-ID"] = f"<{abs(hash((body, sender, tuple(headers.items()))))}@client.example>"
-    for key, value in headers.items():
-        msg[key.replace("_", "-")] = value
-    msg.set_content(body)
-    return msg
-
-
-def posted(incident: Incident, kind: str = "update") -> list[Entry]:
-    return list(Entry.select().where((Entry.incident == incident) & (Entry.kind == kind))
-                .order_by(Entry.id))
 
 
 def test_a_known_contact_posts_an_update(app, sink, incident, inbound) -> None:  # noqa: ANN001
@@ -135,14 +113,14 @@ def test_empty_envelope_sender_is_not_posted(app, sink, incident, inbound) -> No
 
 def test_a_bounce_is_recorded_against_its_recipient(app, sink, incident, inbound) -> None:  # noqa: ANN001
     dsn = (
-        "From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
-        "--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
-        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n"
-        "\r\nFinal-Recipient: rfc822; ops-team@example.org\r\nAction: failed\r\n"
-        "Status: 5.1.1\r\n--B--\r\n"
-    ).encode()
+        b"From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n"
+        b"\r\nFinal-Recipient: rfc822; ops-team@example.org\r\nAction: failed\r\n"
+        b"Status: 5.1.1\r\n--B--\r\n"
+    )
     code, _ = inbound.send(dsn, reply_to(sink), mail_from="")
     assert code == 250
     assert posted(incident) == []
@@ -235,11 +213,11 @@ def test_outgoing_mail_bounces_to_the_incident_address(app, sink, incident) -> N
 def test_a_bounce_is_recorded_but_cannot_silence_a_recipient(app, sink, incident,  # noqa: ANN001
                                                              inbound) -> None:
     dsn = (
-        "From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\nSubject: Undelivered\r\n"
-        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; '
-        'boundary="B"\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n'
-        "Reporting-MTA: dns; mx.example.org\r\n\r\nFinal-Recipient: rfc822; ops-team@example.org\r\n"
-        "Action: failed\r\nStatus: 5.1.1\r\n--B--\r\n").encode()
+        b"From: MAILER-DAEMON@example.org\r\nTo: incidents@example.org\r\nSubject: Undelivered\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; '
+        b'boundary="B"\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n'
+        b"Reporting-MTA: dns; mx.example.org\r\n\r\nFinal-Recipient: rfc822; ops-team@example.org\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n--B--\r\n")
     assert inbound.send(dsn, reply_to(sink), mail_from="")[0] == 250
     sink.clear()
     inc.send_update(app, Incident.get_by_id(incident.id), NOW)
@@ -266,4 +244,8 @@ def test_role_and_impacted_commands(app, sink, incident, inbound) -> None:  # no
         "because you are impacted")
     # One reply, one entry: the text, then both changes on one line.
     assert [e.text for e in posted(incident)] == [
-        "Taking over\n\nLead: ana@example.org → bob@example.org · Impacted: + dean@example.org"]
+        "Taking over\n\nLead: ana@example.org → bob@example.org"]
+    # A new recipient is recorded, not broadcast (never carried in orange by an email).
+    [added] = posted(incident, "recipient")
+    assert added.text == "Added dean@example.org to the emails (impacted)"
+    assert added.communicated_at is not None

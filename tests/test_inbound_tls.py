@@ -84,7 +84,7 @@ def test_outbound_starttls_and_auth_to_the_relay(tmp_path: Path,
     from mailflow.app import Mailflow
     from mailflow.config import load_config
 
-    from .test_lifecycle import declare
+    from .helpers import declare
 
     cert, key = certificate
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

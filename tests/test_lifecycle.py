@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
-from email.message import EmailMessage
 
 import pytest
 
@@ -16,48 +14,7 @@ from mailflow.models import Entry, Incident, OutMessage, Recipient
 from mailflow.testing import Sink
 
 from .conftest import BACKENDS, T0
-
-ORANGE = "#ffe8cc"  # the .new background in templates/base.html
-GREEN = "#dafbe1"  # the .green background
-
-
-def declare(app: Mailflow, **kw: object) -> Incident:
-    fields = dict(service="learn", severity="P1", impact="outage",
-                  summary="Learn platform returns 502", impacted=["student-council@example.org"],
-                  eta="unknown: depends on the database restore",
-                  started="Restarting the DB primary", next_steps="Check replication lag",
-                  lead="ana@example.org", author="ana@example.org")
-    fields.update(kw)
-    return inc.declare(app, T0, **fields)  # type: ignore[arg-type]
-
-
-def html_of(msg: EmailMessage) -> str:
-    part = msg.get_body(("html",))
-    assert part is not None
-    return part.get_content()
-
-
-def text_of(msg: EmailMessage) -> str:
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return part.get_content()
-
-
-def by_rcpt(sink: Sink) -> dict[str, list[EmailMessage]]:
-    out: dict[str, list[EmailMessage]] = {}
-    for r in sink.received:
-        assert len(r.rcpt_tos) == 1, "mail merge: one message per recipient"
-        out.setdefault(r.rcpt_tos[0], []).append(r.message)
-    return out
-
-
-def highlighted(html: str, colour: str) -> list[str]:
-    """Texts of the elements whose inlined style carries `colour` (premailer inlined it)."""
-    found = []
-    for m in re.finditer(r'<(tr|li|p|div)[^>]*style="[^"]*' + re.escape(colour) +
-                         r'[^"]*"[^>]*>(.*?)</\1>', html, re.S):
-        found.append(re.sub(r"<[^>]+>", " ", m.group(2)))
-    return found
+from .helpers import GREEN, ORANGE, by_rcpt, declare, highlighted, html_of, text_of
 
 
 def test_start_goes_to_notify_lists_impacted_and_lead(app: Mailflow, sink: Sink) -> None:

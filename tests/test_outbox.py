@@ -23,14 +23,14 @@ import pytest
 from mailflow import incidents as inc
 from mailflow import outbox
 from mailflow.app import Mailflow
-from mailflow.scheduler import tick
 from mailflow.config import Outbound, load_config
 from mailflow.models import Entry, OutMessage
 from mailflow.render import _Markers, _Part, _qp
+from mailflow.scheduler import tick
 from mailflow.testing import Sink, SinkHandler
 
 from .conftest import BACKENDS, T0, write_config
-from .test_lifecycle import declare
+from .helpers import declare, text_of
 
 
 def at(minutes: float) -> object:
@@ -103,7 +103,7 @@ def test_giving_up_records_the_failure_and_tells_the_lead(tmp_path: Path, sink: 
     assert [r.rcpt_tos[0] for r in told] == ["ana@example.org"], \
         "the lead hears of ops-team's failure (not of their own)"
     assert "ops-team@example.org: gave up after 2 h" in \
-        told[0].message.get_body(("plain",)).get_content()
+        text_of(told[0].message)
     app.close()
 
 
@@ -210,7 +210,7 @@ def test_batches_claimed_ahead_keep_each_recipients_order(app: Mailflow, sink: S
     assert app.deliver_now(at(2)).sent == 36, "what waited behind a claimed batch went too"
     per_rcpt: dict[str, list[str]] = {}
     for r in sink.received:
-        per_rcpt.setdefault(r.rcpt_tos[0], []).append(r.message.get_body(("plain",)).get_content())
+        per_rcpt.setdefault(r.rcpt_tos[0], []).append(text_of(r.message))
     assert len(per_rcpt) == 12
     for texts in per_rcpt.values():
         assert len(texts) == 3

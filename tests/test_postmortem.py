@@ -130,9 +130,9 @@ def test_timeline_has_every_entry_in_order_in_utc(app: Mailflow) -> None:
     names = {"ana@example.org": "Ana Lima", "bob@example.org": "Bob Stone"}  # contacts.yaml
     expected = [f"- {e.at:%H:%M} UTC ({e.at:%Y-%m-%d}) — {e.kind} — "
                 f"{names.get(e.author, e.author) or 'unknown'}: "
-                f"{first}" for e, first in zip(entries, firsts)]
+                f"{first}" for e, first in zip(entries, firsts, strict=False)]
     found = positions(timeline, expected)
-    assert -1 not in found, [x for x, at in zip(expected, found) if at < 0]
+    assert -1 not in found, [x for x, at in zip(expected, found, strict=False) if at < 0]
     assert found == sorted(found)
     assert timeline.count("\n- ") == len(entries), "one list item per entry, no more"
     assert "  second line of the update" in timeline, "continuation lines stay in the item"

@@ -18,18 +18,12 @@ from mailflow.config import load_config
 from mailflow.models import Entry, Incident, InMessage, OutMessage
 from mailflow.testing import Sink, write_config
 
-from .conftest import T0
-from .helpers import NOW, Inbound
-from .test_inbound import posted, reply
-from .test_lifecycle import by_rcpt, declare, text_of
+from .helpers import NOW, Inbound, by_rcpt, posted, reply, reply_to_address, text_of
 
 
 @pytest.fixture
-def incident(app: Mailflow, sink: Sink) -> Incident:
-    created = declare(app)
-    app.deliver_now(T0)
-    sink.clear()
-    return created
+def incident(announced: Incident) -> Incident:
+    return announced
 
 
 def delivered_receipts(app: Mailflow, sink: Sink, to: str) -> list[EmailMessage]:
@@ -53,12 +47,6 @@ def test_one_bad_line_never_turns_valid_lines_into_text(app, sink, incident, inb
     body = text_of(receipt)
     assert "Severity: P1 → P2" in body
     assert "next update: 25:00: '25:00' is not a time of day" in body
-
-
-def reply_to_address(app: Mailflow, incident: Incident) -> str:
-    from mailflow.tokens import reply_address
-    cfg = app.config
-    return reply_address(cfg.reply_local, cfg.reply_domain, incident.id, cfg.secret)
 
 
 @pytest.mark.parametrize(("line", "closest"), [("severty: P3", "severity:"),

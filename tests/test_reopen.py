@@ -16,11 +16,7 @@ from mailflow.postmortem import draft
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .helpers import NOW
-from .test_cli import DECLARE, run
-from .test_inbound import reply
-from .test_lifecycle import by_rcpt, declare, text_of
-from .test_receipts import reply_to_address
+from .helpers import DECLARE, NOW, by_rcpt, declare, reply, reply_to_address, run, text_of
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 from mailflow.commands import DECLARATION_FIELDS, impact_of, parse, severity_of
 from mailflow.replies import (
     Command,
-    Reply,
     extract_text,
     html_to_text,
     parse_commands,
     parse_reply,
 )
+
+from .helpers import assert_clean
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replies"
 SUBJECT = "Re: [INC-42] P1 checkout-api: complete downtime"
@@ -38,20 +39,6 @@ def html_part(name: str) -> str:
         if part.get_content_type() == "text/html":
             return part.get_payload(decode=True).decode(part.get_content_charset())
     raise AssertionError(f"{name} has no text/html part")
-
-
-def assert_clean(reply: Reply) -> None:
-    """Invariants every parse result keeps, whatever the input."""
-    for value in (reply.sender, reply.sender_name, reply.subject, reply.message_id, reply.reason):
-        assert isinstance(value, str)
-        assert "\r" not in value and "\n" not in value
-        assert not re.search(r"[\x00-\x1f\x7f]", value)
-    assert "\r" not in reply.text
-    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]", reply.text)
-    assert reply.sender == reply.sender.lower()
-    assert not (reply.is_auto_reply and reply.is_bounce)
-    assert all(isinstance(c, Command) for c in reply.commands)
-    assert all(r == r.lower() and "@" in r for r in reply.bounced_recipients)
 
 
 # ---------------------------------------------------------------- real clients

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 from mailflow import incidents as inc
 from mailflow.app import Mailflow
-from mailflow.models import Due, Incident, OutMessage
+from mailflow.models import Due, Entry, Incident, OutMessage
 from mailflow.scheduler import tick
 from mailflow.testing import Sink
 
 from .conftest import T0
-from .test_lifecycle import GREEN, ORANGE, by_rcpt, declare, highlighted, html_of, text_of
+from .helpers import GREEN, ORANGE, by_rcpt, declare, highlighted, html_of, text_of
 
 YELLOW = "#fff8c5"
 
@@ -60,7 +60,12 @@ def test_impacted_people_join_from_the_next_email(app: Mailflow, sink: Sink) -> 
     app.deliver_now(at(6))
     [update] = by_rcpt(sink)["dean@example.org"]
     assert update["In-Reply-To"] is None, "their first email starts their thread"
-    assert "Added dean@example.org" in " ".join(highlighted(html_of(update), ORANGE))
+    # Recorded in the timeline, not broadcast as news; the facts say who is impacted.
+    assert "Added dean@example.org" not in html_of(update)
+    assert any("dean@example.org" in h for h in highlighted(html_of(update), ORANGE)
+               if "Who is impacted" in h)
+    assert Entry.get(Entry.kind == "recipient").text == \
+        "Added dean@example.org to the emails (impacted)"
 
 
 def test_severity_change_moves_marks_and_escalation_thresholds(app: Mailflow,

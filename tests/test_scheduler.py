@@ -14,7 +14,7 @@ from mailflow.scheduler import tick
 from mailflow.testing import Sink
 
 from .conftest import BACKENDS, T0
-from .test_lifecycle import ORANGE, by_rcpt, declare, highlighted, html_of, text_of
+from .helpers import ORANGE, by_rcpt, declare, highlighted, html_of, text_of
 
 
 def at(hours: float = 0, minutes: int = 0, days: int = 0):  # noqa: ANN201
