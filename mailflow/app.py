@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from .addresses import rules_of
 from .config import Config, load_config
-from .contacts import Contacts, empty_contacts, load_contacts
 from .models import open_database
-from .outbox import Outbox, Report, Transport, make_transport
-from .render import Renderer
+
+if TYPE_CHECKING:
+    from .contacts import Contacts
+    from .outbox import Outbox, Report, Transport
+    from .render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +28,35 @@ class Mailflow:
                  transport_factory: type | None = None) -> None:
         self.config = config
         self.db = open_database(config.database)
-        if contacts is None:
-            contacts = load_contacts(config.contacts, rules_of(config)) \
-                if config.contacts.exists() else empty_contacts()
-        self.contacts = contacts
-        self.renderer = Renderer(config.templates)
-        self.outbox = Outbox(self.db, config.outbound.retry_for)
+        if contacts is not None:
+            self.contacts = contacts
         # Tests and benchmarks pass a factory for an in-memory or switchable transport.
         self._transport_factory = transport_factory
+
+    # Contacts, templates and the outbox are opened on first use: `mailflow list` and `show`
+    # read only the database, and should not pay for ruamel.yaml, Jinja2 or aiosmtplib.
+    @cached_property
+    def contacts(self) -> Contacts:
+        """The people, lists and services of contacts.yaml (empty if there is no file)."""
+        from .contacts import empty_contacts, load_contacts
+
+        if not self.config.contacts.exists():
+            return empty_contacts()
+        return load_contacts(self.config.contacts, rules_of(self.config))
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        """The email templates: operator overrides first, then the built-in ones."""
+        from .render import Renderer
+
+        return Renderer(self.config.templates)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        """The durable queue of outgoing mail."""
+        from .outbox import Outbox
+
+        return Outbox(self.db, self.config.outbound.retry_for)
 
     def reload(self) -> None:
         """Re-read config, contacts and templates; on any error keep the old ones and raise.
@@ -45,6 +68,9 @@ class Mailflow:
         if config.path is not None:
             config = replace(load_config(config.path), database=self.config.database,
                              inbound=self.config.inbound)
+        from .contacts import load_contacts
+        from .render import Renderer
+
         contacts = load_contacts(config.contacts, rules_of(config))
         renderer = Renderer(config.templates)
         renderer.check()
@@ -53,10 +79,15 @@ class Mailflow:
 
     def transports(self) -> list[Transport]:
         """One transport per configured concurrent connection."""
+        from .outbox import make_transport
+
         n = self.config.outbound.concurrency if self.config.outbound.host else 1
         if self._transport_factory is not None:
             return [self._transport_factory() for _ in range(n)]
-        return [make_transport(self.config.outbound, self.config.maildir) for _ in range(n)]
+        from .oauth2 import token_source
+        token = token_source(self.config)
+        return [make_transport(self.config.outbound, self.config.maildir, token)
+                for _ in range(n)]
 
     async def deliver(self, now: datetime, clock: Callable[[], datetime] | None = None,
                       should_stop: Callable[[], bool] | None = None,
@@ -65,6 +96,9 @@ class Mailflow:
 
         `on_attempt` is called after each message handed to a transport (a progress bar).
         """
+        from . import statuspage
+
+        statuspage.flush(self, now)  # after the change that queued this mail has committed
         transports = self.transports()
         if on_attempt is not None:
             transports = [Counted(t, on_attempt) for t in transports]
@@ -77,11 +111,17 @@ class Mailflow:
 
     def deliver_now(self, now: datetime, on_attempt: Callable[[], None] | None = None) -> Report:
         """Synchronous wrapper for the CLI."""
+        import asyncio
+
         return asyncio.run(self.deliver(now, on_attempt=on_attempt))
 
     def close(self) -> None:
-        """Close the database."""
-        self.outbox.close()
+        """Close the database (and the outbox's connections, if it was opened)."""
+        from . import statuspage
+
+        statuspage.wait(self)  # a CLI command lets its status page upload finish
+        if "outbox" in self.__dict__:
+            self.outbox.close()
         self.db.close()
 
 

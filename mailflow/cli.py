@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import peewee
@@ -23,8 +23,10 @@ from .config import EXAMPLE_TOML, find_config, load_config
 from .contacts_cli import HelpGroup, contacts
 from .errors import InvalidInput, MailflowError
 from .models import Incident, OutMessage
-from .outbox import Report
 from .render import Personal, builtin_templates
+
+if TYPE_CHECKING:
+    from .outbox import Report
 
 
 class Group(HelpGroup):
@@ -448,6 +450,7 @@ def list_(state: State, as_json: bool, show_all: bool, drafts: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    _inbound_warning(state.app)
     if not rows:
         click.echo("no incidents" if show_all else "no open incidents (--all shows resolved ones)")
     for r in rows:
@@ -472,9 +475,21 @@ def show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    _inbound_warning(state.app)
     now = clock.now()
     for line in show_lines(data, now.date(), now):
         click.echo(line)
+
+
+def _inbound_warning(app: Mailflow) -> None:
+    """On stderr, when the replies' mailbox cannot be read ([inbound] mode = "imap")."""
+    if app.config.inbound.mode != "imap":
+        return
+    from .imap import status_line
+
+    line = status_line(app)
+    if line:
+        click.echo(f"warning: {line}", err=True)
 
 
 def show_lines(data: dict[str, Any], today: date, now: datetime | None = None) -> list[str]:
@@ -586,6 +601,7 @@ def serve(state: State, host: str | None, port: int | None, tick_seconds: float,
     inbound = replace(config.inbound, host=host or config.inbound.host,
                       port=config.inbound.port if port is None else port)
     state._app = Mailflow(replace(config, inbound=inbound))
+    state.app.contacts  # noqa: B018 - a broken contacts.yaml fails now, not at the first reply
     state.app.renderer.check()
     try:
         code = asyncio.run(Daemon(state.app, tick_seconds=tick_seconds).run())
@@ -709,8 +725,10 @@ cli.add_command(contacts)
 
 
 def _register_alerts() -> None:
-    from .alerts_cli import alert
+    from .alerts_cli import alert, publish, subscribers
     cli.add_command(alert)
+    cli.add_command(publish)
+    cli.add_command(subscribers)
 
 
 _register_alerts()
@@ -722,6 +740,14 @@ def _register_status() -> None:
 
 
 _register_status()
+
+
+def _register_oauth2() -> None:
+    from .oauth2_cli import oauth2_group
+    cli.add_command(oauth2_group)
+
+
+_register_oauth2()
 
 
 def main() -> None:

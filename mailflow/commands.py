@@ -20,7 +20,6 @@ from datetime import timedelta
 from .addresses import Rules, check
 from .clock import compact_duration, parse_duration
 from .errors import InvalidInput
-from .quotes import tidy as _tidy
 
 __all__ = [
     "BARE",
@@ -72,10 +71,12 @@ def impact_of(value: str) -> str | None:
 # --- what a line can be -----------------------------------------------------------------
 
 REPLY_COMMANDS = ("severity", "impact", "eta", "next update", "send now", "resolved", "reopen",
-                  "lead", "communicator", "scribe", "impacted")
+                  "lead", "communicator", "scribe", "impacted", "publish")
 DECLARATION_FIELDS = ("service", "severity", "impact", "impacted", "eta", "started",
                       "next steps", "lead")
-BARE = ("send now", "resolved", "reopen")  # commands without a value
+BARE = ("send now", "resolved", "reopen", "publish")  # commands without a value
+# Bare commands that may also take one: `publish` or `publish: other words`.
+OPTIONAL_VALUE = ("publish",)
 # Headings of a status report (mailflow.report): text, never a command or a look-alike.
 REPORT_HEADINGS = ("learned", "tried", "now", "left")
 # Stakeholders expect news at least this often; a longer wait is a typo (3000000d).
@@ -158,6 +159,8 @@ def next_update_value(value: str) -> str:
 def _values(name: str, value: str) -> list[str]:
     """The normalised values of one command; InvalidInput saying why a value is unusable."""
     value = value.strip()
+    if name in OPTIONAL_VALUE:
+        return [_one_line(value, 2000)]
     if name in BARE:
         return [""]
     if not value:
@@ -202,7 +205,7 @@ def _read_line(line: str, names: tuple[str, ...]
     if m:
         name = _words(m.group(1))
         if name in names:
-            if name in BARE:
+            if name in BARE and name not in OPTIONAL_VALUE:
                 return LookAlike(line.strip(), name)  # `resolved: yes`: say it alone
             try:
                 return [Command(name, v) for v in _values(name, m.group(2))]
@@ -259,7 +262,9 @@ def parse(text: str, names: tuple[str, ...] = REPLY_COMMANDS) -> Parsed:
             commands.extend(found)
             if found and found[0].name == "resolved":
                 break  # the rest is the resolution steps, commands or not
-    return Parsed(tuple(commands), tuple(refused), tuple(lookalikes), _tidy(lines[i:]),
+    from .quotes import tidy  # its tables take ~20 ms to compile: only replies need them
+
+    return Parsed(tuple(commands), tuple(refused), tuple(lookalikes), tidy(lines[i:]),
                   tuple(seen))
 
 

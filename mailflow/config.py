@@ -14,6 +14,8 @@ from typing import Any
 from .addresses import Rules, check
 from .clock import parse_duration, parse_time
 from .errors import ConfigError, InvalidInput
+from .oauth2 import OAuth2
+from .oauth2 import parse as parse_oauth2
 
 SEVERITIES = ("P0", "P1", "P2", "P3")
 DEFAULT_UPDATE_EVERY = {"P0": "30m", "P1": "1h", "P2": "4h", "P3": "1d"}
@@ -145,7 +147,8 @@ IMAP_TLS = ("implicit", "starttls", "none")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigError]) -> Imap:
+def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigError],
+          oauth2: bool = False) -> Imap:
     """[imap], checked; required when [inbound] mode = "imap"."""
     allowed = {"host", "port", "tls", "username", "password", "folder", "poll_every"}
     for key, value in section.items():
@@ -166,10 +169,11 @@ def _imap(section: dict[str, Any], mode: str, fail: Callable[[str, str], ConfigE
     if not 1 <= port <= 65535:
         raise fail("imap.port", f"{port} is not a TCP port")
     if mode == "imap":
-        for key in ("host", "username", "password"):
+        # With [oauth2], the login is XOAUTH2 with an access token instead of the password.
+        for key in ("host", "username") + (() if oauth2 else ("password",)):
             if not section.get(key):
                 raise fail(f"imap.{key}", "missing: [inbound] mode = \"imap\" needs the "
-                                          "mailbox's host, username and password")
+                                          "mailbox's host, username and password (or [oauth2])")
     try:
         poll_every = parse_duration(section.get("poll_every", "60s"), what="imap.poll_every")
     except InvalidInput as exc:
@@ -322,6 +326,14 @@ class Config:
     status: StatusPage = field(default_factory=StatusPage)
     emails: Emails = field(default_factory=Emails)
     ha: Ha = field(default_factory=Ha)
+    oauth2: OAuth2 | None = None  # [oauth2]: XOAUTH2 for the relay and the mailbox
+
+    def state_dir(self) -> Path:
+        """Where files of this instance's own live (the OAuth2 token): beside the SQLite file,
+        or beside mailflow.toml when the database is a PostgreSQL URL."""
+        if isinstance(self.database, Path):
+            return self.database.parent
+        return self.path.parent if self.path else Path.cwd()
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -344,7 +356,8 @@ class Config:
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence", "allow_local_domains", "imap", "http", "alerts",
-        "status", "emails", "ha"}
+        "status", "emails", "ha",
+        "oauth2"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
         "cafile", "smtputf8", "max_message_size"}
 _IN = {"mode", "host", "port", "max_size", "tls_cert", "tls_key", "require_tls", "username",
@@ -536,7 +549,8 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     mode = get(inb, "mode", str, "smtp", "inbound.")
     if mode not in ("smtp", "imap"):
         raise fail("inbound.mode", f"{mode!r}: use \"smtp\" (the built-in server) or \"imap\"")
-    imap = _imap(get(data, "imap", dict, {}), mode, fail)
+    imap = _imap(get(data, "imap", dict, {}), mode, fail, oauth2="oauth2" in data)
+    oauth = parse_oauth2(get(data, "oauth2", dict, {}), fail)
     templates = data.get("templates")
     # The secret is all that stands between a stranger and a valid reply token.
     if "secret" not in data:
@@ -598,6 +612,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         raise fail("cadence.reminder_before", f"must be shorter than the shortest update_every "
                                               f"({shortest}), or no reminder would ever go out")
     return Config(
+        oauth2=oauth,
         path=path.resolve() if path else None,
         database=_database(get(data, "database", str, "mailflow.db"), base),
         contacts=resolve("contacts", "contacts.yaml"),

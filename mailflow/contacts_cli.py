@@ -6,7 +6,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -14,18 +14,15 @@ import click
 from .addresses import Rules, lookup_key, problem, rules_of
 from .clock import compact_duration
 from .config import find_config, load_config
-from .contacts import (
-    Contacts,
-    ContactsFile,
-    Person,
-    Service,
-    is_address,
-    load_contacts,
-    parse_contacts,
-)
 from .errors import ContactsError, InvalidInput, NotFound
 
+if TYPE_CHECKING:
+    from .contacts import Contacts, Person, Service
+
 __all__ = ["HelpGroup", "contacts"]
+
+# The contacts module (and ruamel.yaml) is imported by the commands that read the file:
+# every `mailflow` command loads this module, most of them never open contacts.yaml.
 
 # MailflowError raised here is not converted locally: this group is invoked from inside
 # `cli`'s Group.invoke, which turns it into `Error: …` and exit code 1 (nested groups too).
@@ -136,6 +133,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     Example:
       mailflow contacts list --json
     """
+    from .contacts import load_contacts
+
     book = load_contacts(_contacts_path(ctx))
     people = [_person_data(book, p) for p in book.people.values()]
     services = {key: _service_data(s) for key, s in book.services.items()}
@@ -179,6 +178,8 @@ def show(ctx: click.Context, email: str, as_json: bool) -> None:
     if not _address(email):
         raise InvalidInput("give an email address, e.g. mailflow contacts show ana@example.org")
     path = _contacts_path(ctx)
+    from .contacts import load_contacts
+
     book = load_contacts(path)
     person = book.person(email)
     lists = _lists_of(book, email)
@@ -240,6 +241,8 @@ def add(ctx: click.Context, name: str, email: str, expertise: tuple[str, ...],
     if not name:
         raise InvalidInput("--name is empty; give the person's full name, e.g. --name \"Ana Lima\"")
     rules = _rules(ctx)
+    from .contacts import ContactsFile, is_address
+
     if not is_address(email, rules):
         raise InvalidInput(f"--email: {email!r} is not a valid email address: "
                            f"{problem(email, rules) or 'write e.g. ana@example.org'}")
@@ -274,6 +277,8 @@ def remove(ctx: click.Context, email: str) -> None:
       mailflow contacts remove gus@example.org
     """
     path = _contacts_path(ctx)
+    from .contacts import ContactsFile, parse_contacts
+
     editor = ContactsFile(path)
     before = parse_contacts(editor.text, path)
     person, lists = before.person(email), _lists_of(before, email)
@@ -323,6 +328,8 @@ def experts(ctx: click.Context, tags: tuple[str, ...], as_json: bool) -> None:
     wanted = _split(tags)
     if not wanted:
         raise InvalidInput("name at least one expertise tag, e.g. postgres")
+    from .contacts import load_contacts
+
     book = load_contacts(_contacts_path(ctx))
     found = book.experts(wanted)
     if as_json:
@@ -358,6 +365,8 @@ def check(ctx: click.Context) -> None:
     """
     path = _contacts_path(ctx)
     try:
+        from .contacts import load_contacts
+
         book = load_contacts(path, _rules(ctx))
     except ContactsError as exc:
         for line in str(exc).splitlines():

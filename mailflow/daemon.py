@@ -19,7 +19,7 @@ from typing import Any
 
 import schedule
 
-from . import clock, httpapi
+from . import clock, httpapi, statuspage
 from .app import Mailflow
 from .errors import MailflowError
 from .ha import Membership
@@ -62,6 +62,11 @@ class Daemon:
         self._delivering: asyncio.Task[None] | None = None
         self.ha: Membership | None = None  # this instance among others on the database
         self.exit_code = 0
+        # [inbound] mode = "imap": a current OAuth2 access token for XOAUTH2 (else the password).
+        from .oauth2 import token_source  # stdlib only: msal is imported by the login alone
+
+        self.imap_token: Callable[[], str] | None = token_source(app.config)
+        self.imap: Any = None  # the ImapReader, when replies are read from a mailbox
 
     def _mtime(self) -> float | None:
         try:
@@ -139,15 +144,26 @@ class Daemon:
         loop.set_exception_handler(calm_exceptions)
         _enough_file_descriptors(cfg.inbound.max_connections)
         gate = Gate(cfg.inbound)
-        server = await listen(self.app, handler, cfg.inbound.host, cfg.inbound.port, gate)
-        self.port = server.sockets[0].getsockname()[1]
+        server: asyncio.Server | None = None
+        if cfg.inbound.mode == "imap":
+            from .imap import ImapReader  # imapclient only where it is used
+
+            self.imap = ImapReader(self.app, handler, token=self.imap_token, now=self.now,
+                                   on_posted=self._wake.set, loop=loop)
+            self.imap.start()
+            where = f"reading replies from {self.imap.mailbox}"
+        else:
+            server = await listen(self.app, handler, cfg.inbound.host, cfg.inbound.port, gate)
+            self.port = server.sockets[0].getsockname()[1]
+            where = f"listening on {cfg.inbound.host}:{self.port}"
+            log.info("listening for replies on %s:%d", cfg.inbound.host, self.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        log.info("listening for replies on %s:%d", cfg.inbound.host, self.port)
         # Alert webhooks and one-click unsubscribes ([http] enabled), in this same loop.
         self.http = await httpapi.start(self.app, self.now, on_queued=self._wake.set)
-        sd_notify(f"READY=1\nSTATUS=listening on {cfg.inbound.host}:{self.port}")
+        statuspage.mark_dirty(self.app)  # the status page is rewritten (and copied) at start
+        sd_notify(f"READY=1\nSTATUS={where}")
 
         self.ha = await asyncio.to_thread(Membership, self.app, self.now())
         # `schedule` paces the tick; the event lets a posted reply be sent at once.
@@ -182,7 +198,10 @@ class Daemon:
             await self._delivering  # it stops between two messages (should_stop)
         sd_notify("STOPPING=1")
         log.info("stopping: no new connections; finishing the transaction in flight")
-        server.close()
+        if server is not None:
+            server.close()
+        if self.imap is not None:  # lets the message being applied commit, then hangs up
+            await asyncio.to_thread(self.imap.stop)
         if self.http is not None:
             await self.http.close()
         for _ in range(300):  # up to 30 s for a DATA being committed
@@ -190,7 +209,8 @@ class Daemon:
                 break
             await asyncio.sleep(0.1)
         await gate.close_all()
-        await server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
         handler.close()
         await asyncio.to_thread(self.ha.leave)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -46,6 +46,7 @@ class Listener:
             web.post("/alerts/alertmanager", self._webhook("alertmanager")),
             web.post("/alerts/grafana", self._webhook("grafana")),
             web.post("/unsubscribe/{token}", self._unsubscribe),
+            web.get("/unsubscribe/{token}", self._unsubscribe_page),
             web.get("/health", self._health),
         ])
         return application
@@ -100,7 +101,7 @@ class Listener:
         return handle
 
     async def _unsubscribe(self, request: web.Request) -> web.Response:
-        from . import subscribers  # type: ignore[attr-defined]  # lands with the status page
+        from . import subscribers
 
         token = request.match_info["token"]
         try:
@@ -109,6 +110,21 @@ class Listener:
         except MailflowError as exc:
             return _error(400, str(exc))
         return web.Response(text=f"Unsubscribed: {done}\n" if done else "Already unsubscribed\n")
+
+    async def _unsubscribe_page(self, request: web.Request) -> web.Response:
+        """A person who opens the link gets a button: a GET never unsubscribes, since link
+        scanners and previews fetch every URL of an email (RFC 8058)."""
+        from html import escape
+        from urllib.parse import quote
+
+        token = quote(request.match_info["token"], safe="-")
+        return web.Response(content_type="text/html", text=(
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            'content="width=device-width, initial-scale=1"><title>Unsubscribe</title></head>'
+            '<body style="font:16px/1.5 sans-serif;max-width:40em;margin:2em auto;padding:0 1em">'
+            f'<form method="post" action="{escape(token)}"><p>Stop the status update emails '
+            'to this address?</p><input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form></body></html>\n'))
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

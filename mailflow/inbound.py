@@ -23,6 +23,7 @@ from peewee import OperationalError
 
 from . import clock
 from .config import Inbound
+from .incidents import read_under_lock
 from .models import Incident, wait_at_most
 from .posting import accept_declaration, accept_reply
 from .replies import parse_reply
@@ -117,6 +118,73 @@ class _Late(Exception):
     """The budget ran out before the message was applied; nothing is committed."""
 
 
+class _Job:
+    """One message waiting for a group commit: its work, and what came of it."""
+
+    __slots__ = ("work", "budget", "done", "result", "error")
+
+    def __init__(self, work: Callable[[], Any], budget: _Budget | None) -> None:
+        self.work, self.budget = work, budget
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Applies messages in write transactions, as many per COMMIT as are waiting.
+
+    The fsync of a COMMIT cost as much as applying a reply. So a worker that finds the
+    write lock taken queues its message, and whoever takes the lock next applies every
+    queued message, each in a savepoint of its own (one that fails is rolled back alone),
+    and commits them together: every message is on disk before any of them is answered.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self._pending: list[_Job] = []
+        self._mutex = threading.Lock()  # guards _pending
+        self._leader = threading.Lock()  # held by the thread running a transaction
+
+    def run(self, work: Callable[[], Any], budget: _Budget | None) -> Any:
+        """Run `work` in a committed write transaction (maybe shared) and return its result."""
+        job = _Job(work, budget)
+        with self._mutex:
+            self._pending.append(job)
+        with self._leader:
+            if not job.done:  # else an earlier leader took it along
+                with self._mutex:
+                    batch, self._pending = self._pending, []
+                self._commit(batch)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _commit(self, batch: list[_Job]) -> None:
+        budgets = [j.budget.remaining() for j in batch if j.budget is not None]
+        try:
+            if budgets:
+                # Wait for another writer only as long as the budgets allow (this thread's
+                # own connection), instead of the connection's default 10 s.
+                wait_at_most(self.db, min(budgets))
+            with self.db.atomic("IMMEDIATE"):
+                for job in batch:
+                    if job.budget is not None and not job.budget.begin():
+                        job.error = _Late()
+                        continue
+                    try:
+                        with self.db.atomic():  # a savepoint: a failure undoes this one only
+                            job.result = job.work()
+                    except Exception as exc:
+                        job.error = exc
+        except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is kept
+            for job in batch:
+                if job.error is None:
+                    job.error, job.result = exc, None
+        finally:
+            for job in batch:
+                job.done = True
+
+
 class InboundHandler:
     """Turns replies to `local+TOKEN@domain` into updates; knows nothing of sockets."""
 
@@ -131,6 +199,8 @@ class InboundHandler:
         # Parsing and the database run here, never on the event loop; each thread has its
         # own SQLite connection (peewee's connection state is per thread).
         self.executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="mailflow-inbound")
+        self._known: set[int | str] = set()  # incident ids seen to exist (see `_exists`)
+        self.group = GroupCommit(app.db)
 
     @property
     def limits(self) -> Inbound:
@@ -165,11 +235,28 @@ class InboundHandler:
             return None
         return Incident.get_or_none(Incident.id == incident_id)
 
+    def _exists(self, incident_id: int | str) -> bool:
+        """Whether the incident exists; once seen it is remembered (DATA reads it anyway,
+        and forgets it if it is gone), so a reply's RCPT costs no query."""
+        if incident_id in self._known:
+            return True
+        if Incident.select().where(Incident.id == incident_id).exists():
+            self._known.add(incident_id)
+            return True
+        return False
+
+    def _incident(self, incident_id: int) -> Incident | None:
+        """The incident's row, by a fixed SQL text: peewee building its 40-column SELECT
+        cost more than SQLite running it (the columns are converted as usual)."""
+        p = self.app.db.param
+        query = Incident.raw(f"SELECT * FROM {Incident._meta.table_name} WHERE id = {p}",
+                             incident_id)
+        return next(iter(query), None)
+
     def _rcpt(self, address: str, accepted: list[str]) -> tuple[str, bool]:
         """(answer, whether to add `address` to the envelope); runs on a worker thread."""
         target = self.target(address)
-        if target is None or (target != "base" and not Incident.select().where(
-                Incident.id == target).exists()):
+        if target is None or (target != "base" and not self._exists(target)):
             log.info("RCPT %s refused: not a valid incident address", address)
             return "550 5.1.1 unknown recipient: not a valid incident reply address", False
         if any(self.target(a) == target for a in accepted):
@@ -256,24 +343,22 @@ class InboundHandler:
                 targets.append(address)  # the secret rotated out since RCPT: unknown below
             elif target not in targets:  # other spellings of one address: applied once
                 targets.append(target)
-        db = self.app.db
-        if budget is not None:
-            if budget.remaining() <= 0:
-                raise _Late
-            # Wait for another writer only as long as the budget allows (this thread's own
-            # connection), instead of the connection's default 10 s.
-            wait_at_most(db, budget.remaining())
-        before = self.app.outbox.queued
-        now = self.now()
-        # One transaction for every recipient: all of the message is committed before the
-        # 250, or none of it (a 451 after a declaration would declare again at each retry).
-        with db.atomic("IMMEDIATE"):
-            if budget is not None and not budget.begin():
-                raise _Late
+        if budget is not None and budget.remaining() <= 0:
+            raise _Late
+
+        def apply() -> tuple[list[tuple[int, str]], bool]:
+            before = self.app.outbox.queued
+            now = self.now()
             answers = [self._apply(target, reply, raw, mail_from, now) for target in targets]
+            return answers, self.app.outbox.queued != before
+
+        # One transaction (savepoint) for every recipient: all of the message is committed
+        # before the 250, or none of it (a 451 after a declaration would declare again at
+        # each retry).
+        answers, queued = self.group.run(apply, budget)
         # One answer for the whole DATA: success if any incident took it.
         best = min(answers, default=(550, "5.1.1 no recipient"), key=lambda a: a[0])
-        return smtp_answer(*best), self.app.outbox.queued != before
+        return smtp_answer(*best), queued
 
     def _apply(self, target: str | int, reply: Any, raw: bytes, mail_from: str,
                now: datetime) -> tuple[int, str]:
@@ -281,10 +366,13 @@ class InboundHandler:
             outcome = accept_declaration(self.app, reply, raw, mail_from, now)
             log.info("declaration from %s: %s", reply.sender or "<>", outcome.message)
             return outcome.code, outcome.message
-        incident = Incident.get_or_none(Incident.id == target) if isinstance(target, int) else None
+        incident = self._incident(target) if isinstance(target, int) else None
         if incident is None:  # deleted (or its token's secret retired) between RCPT and DATA
+            self._known.discard(target)
             return 550, "5.1.1 unknown incident"
-        outcome = accept_reply(self.app, incident, reply, raw, mail_from, now)
+        # Read inside this transaction's write lock: `locked` need not read it again.
+        with read_under_lock(incident):
+            outcome = accept_reply(self.app, incident, reply, raw, mail_from, now)
         log.info("reply from %s to %s: %s", reply.sender or "<>", incident.ref, outcome.outcome)
         return outcome.code, outcome.message
 

@@ -300,7 +300,40 @@ def _m0009_recipient_via(db: Database, migrator: SchemaMigrator) -> None:
     _add_column(db, migrator, "recipient", "via", TextField(default=""))
 
 
-def _m0010_instances(db: Database, migrator: SchemaMigrator) -> None:
+def _m0010_imap_messages(db: Database, migrator: SchemaMigrator) -> None:
+    """Mail read from an IMAP mailbox: each message applied once, and whether it can be read."""
+
+    class Base(Model):
+        class Meta:
+            database = db
+
+    class ImapMessage(Base):
+        id = AutoField()
+        mailbox = CharField()
+        uidvalidity = IntegerField()
+        uid = IntegerField()
+        message_id = CharField()
+        outcome = CharField()
+        at = DateTimeField()
+
+        class Meta:
+            table_name = "imapmessage"
+            indexes = ((("mailbox", "uidvalidity", "uid"), True),
+                       (("mailbox", "message_id"), False))
+
+    class ImapState(Base):
+        mailbox = CharField(primary_key=True)
+        down_since = DateTimeField(null=True)
+        error = TextField(default="")
+        checked_at = DateTimeField(null=True)
+
+        class Meta:
+            table_name = "imapstate"
+
+    db.create_tables([ImapMessage, ImapState], safe=True)
+
+
+def _m0011_instances(db: Database, migrator: SchemaMigrator) -> None:
     """The daemons working on this database, with their heartbeat (`mailflow status`)."""
 
     class Instance(Model):
@@ -330,7 +363,8 @@ MIGRATIONS: list[Migration] = [
     Migration("0008_outbox_priority_and_failure_notice",
               _m0008_outbox_priority_and_failure_notice),
     Migration("0009_recipient_via", _m0009_recipient_via),
-    Migration("0010_instances", _m0010_instances),
+    Migration("0010_imap_messages", _m0010_imap_messages),
+    Migration("0011_instances", _m0011_instances),
 ]
 
 

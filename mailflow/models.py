@@ -26,7 +26,6 @@ from peewee import (
     SqliteDatabase,
     TextField,
 )
-from playhouse.postgres_ext import Psycopg3Database
 
 from .clock import as_utc
 from .errors import MailflowError
@@ -105,6 +104,7 @@ class EntryKind(StrEnum):
     STRANGERS_TOLD = "strangers-told"
     REMOVED = "removed"  # a person taken off the incident
     RECIPIENT = "recipient"  # someone added to the emails: recorded, not broadcast
+    PUBLISHED = "published"  # an update put out on the external status page
 
 
 class BaseModel(Model):
@@ -302,6 +302,30 @@ class Subscriber(BaseModel):
         indexes = ((("email", "service"), True),)
 
 
+class ImapMessage(BaseModel):
+    """One message read from an IMAP mailbox and what became of it (applied exactly once)."""
+
+    id = AutoField()
+    mailbox = CharField()  # user@host/folder
+    uidvalidity = IntegerField()
+    uid = IntegerField()
+    message_id = CharField()  # Message-ID, or sha256: of the message when it has none
+    outcome = CharField()  # posted | refused | ignored: the folder it is moved to
+    at = UTCDateTimeField()
+
+    class Meta:
+        indexes = ((("mailbox", "uidvalidity", "uid"), True), (("mailbox", "message_id"), False))
+
+
+class ImapState(BaseModel):
+    """Whether the IMAP mailbox can be read, and since when not (`mailflow show` says it)."""
+
+    mailbox = CharField(primary_key=True)
+    down_since = UTCDateTimeField(null=True)
+    error = TextField(default="")
+    checked_at = UTCDateTimeField(null=True)
+
+
 class Instance(BaseModel):
     """A daemon working on this database, and its last heartbeat."""
 
@@ -315,7 +339,7 @@ class Instance(BaseModel):
 
 
 MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage, Alert, StatusUpdate,
-          Subscriber, Instance]
+          Subscriber, ImapMessage, ImapState, Instance]
 
 
 def is_url(database: Path | str) -> bool:
@@ -328,32 +352,50 @@ def is_postgres(db: Database) -> bool:
     return isinstance(db, PostgresqlDatabase)
 
 
-class PostgresDatabase(Psycopg3Database):
-    """peewee's psycopg 3 database, taking SQLite's lock types where callers pass them.
+def _postgres_class() -> type:
+    """peewee's psycopg 3 database class with our two changes, built on first use: importing
+    playhouse's PostgreSQL module imports psycopg (and asyncio), which a SQLite database
+    must not pay for."""
+    global _POSTGRES
+    if _POSTGRES is None:
+        from playhouse.postgres_ext import Psycopg3Database
 
-    `atomic("IMMEDIATE")` takes SQLite's write lock at BEGIN; PostgreSQL locks the rows a
-    transaction writes instead, so the lock type is dropped (READ COMMITTED).
-    """
+        class PostgresDatabase(Psycopg3Database):
+            """peewee's psycopg 3 database, taking SQLite's lock types where callers pass them.
 
-    def atomic(self, *args: Any, **kwargs: Any) -> Any:
-        """A transaction (or savepoint); SQLite lock types are ignored."""
-        args = tuple(a for a in args if a not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"))
-        self._drop_if_broken()
-        return super().atomic(*args, **kwargs)
+            `atomic("IMMEDIATE")` takes SQLite's write lock at BEGIN; PostgreSQL locks the
+            rows a transaction writes instead, so the lock type is dropped (READ COMMITTED).
+            """
 
-    def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """Run a statement; a connection the server dropped (restart, failover) is replaced."""
-        self._drop_if_broken()
-        return super().execute_sql(sql, params, *args, **kwargs)
+            def atomic(self, *args: Any, **kwargs: Any) -> Any:
+                """A transaction (or savepoint); SQLite lock types are ignored."""
+                args = tuple(a for a in args
+                             if a not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"))
+                self._drop_if_broken()
+                return super().atomic(*args, **kwargs)
 
-    def _drop_if_broken(self) -> None:
-        # Only between transactions: inside one, the error must reach the caller (the reply
-        # gets a 4xx, the tick is retried), never be replayed on a new connection.
-        conn = self._state.conn
-        if conn is not None and (conn.broken or conn.closed) and not self.in_transaction():
-            with contextlib.suppress(Exception):
-                conn.close()
-            self._state.reset()  # the next statement connects again (autoconnect)
+            def execute_sql(self, sql: str, params: Any = None, *args: Any,
+                            **kwargs: Any) -> Any:
+                """Run a statement; a connection the server dropped (restart, failover)
+                is replaced."""
+                self._drop_if_broken()
+                return super().execute_sql(sql, params, *args, **kwargs)
+
+            def _drop_if_broken(self) -> None:
+                # Only between transactions: inside one, the error must reach the caller (the
+                # reply gets a 4xx, the tick is retried), never be replayed on a new connection.
+                conn = self._state.conn
+                if (conn is not None and (conn.broken or conn.closed)
+                        and not self.in_transaction()):
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    self._state.reset()  # the next statement connects again (autoconnect)
+
+        _POSTGRES = PostgresDatabase
+    return _POSTGRES
+
+
+_POSTGRES: type | None = None
 
 
 def wait_at_most(db: Database, seconds: float) -> None:
@@ -365,13 +407,18 @@ def wait_at_most(db: Database, seconds: float) -> None:
         db.execute_sql(f"PRAGMA busy_timeout = {ms}")
 
 
-def _open_postgres(url: str) -> PostgresDatabase:
+def _open_postgres(url: str) -> Database:
     """Connect to the server named by the URL (libpq finds the password: URL, PGPASSFILE,
     PGPASSWORD), bind the models and migrate under the migration lock."""
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        raise DatabaseUnavailable(
+            f"{display_url(url)}: PostgreSQL needs the psycopg driver: install mailflow with "
+            "its postgresql extra (pip install 'mailflow[postgresql]')") from None
 
     scheme, rest = url.split("://", 1)
-    db = PostgresDatabase(f"postgresql://{rest}" if scheme == "postgres" else url,
+    db = _postgres_class()(f"postgresql://{rest}" if scheme == "postgres" else url,
                           autoconnect=True)
     db.bind(MODELS, bind_refs=False, bind_backrefs=False)
     try:

@@ -40,6 +40,7 @@ from peewee import Database, PostgresqlDatabase
 from .clock import format_duration
 from .config import Outbound
 from .models import Due, Entry, OutMessage, Recipient
+from .oauth2 import OAuth2Error
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,9 @@ def _path(address: str) -> bytes:
 class SMTPTransport:
     """One aiosmtplib connection, opened on first use and reused for every message."""
 
-    def __init__(self, settings: Outbound) -> None:
+    def __init__(self, settings: Outbound, token: Callable[[], str] | None = None) -> None:
         self.settings = settings
+        self.token = token  # [oauth2]: AUTH XOAUTH2 with a fresh access token
         self._smtp: aiosmtplib.SMTP | None = None
 
     async def _connect(self) -> aiosmtplib.SMTP:
@@ -181,7 +183,11 @@ class SMTPTransport:
         )
         try:
             await smtp.connect()
-            if s.username:
+            if self.token is not None:
+                # A refresh is an HTTP round trip: off the event loop.
+                access = await asyncio.get_running_loop().run_in_executor(None, self.token)
+                await smtp.auth_xoauth2(s.username, access)
+            elif s.username:
                 await smtp.login(s.username, s.password)
             if smtp.is_ehlo_or_helo_needed:  # before the first MAIL, so SIZE is known
                 try:
@@ -189,7 +195,11 @@ class SMTPTransport:
                 except aiosmtplib.SMTPHeloError:
                     await smtp.helo()
         except aiosmtplib.SMTPAuthenticationError as exc:
+            smtp.close()  # connected, not logged in: not left for the garbage collector
             raise RelayDown(f"relay {s.host}:{s.port} refused login: {exc}") from exc
+        except OAuth2Error as exc:  # mail stays queued; the message says to log in again
+            smtp.close()
+            raise RelayDown(f"relay {s.host}:{s.port}: {exc}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise RelayDown(f"relay {s.host}:{s.port} unreachable: {exc}") from exc
         ADVERTISED_SIZE[(s.host, s.port)] = relay_size_limit(smtp)
@@ -305,9 +315,10 @@ def size_limit(settings: Outbound) -> int:
         settings.max_message_size
 
 
-def make_transport(settings: Outbound, maildir: Path) -> Transport:
-    """SMTP when a relay host is configured, else the Maildir."""
-    return SMTPTransport(settings) if settings.host else MaildirTransport(maildir)
+def make_transport(settings: Outbound, maildir: Path,
+                   token: Callable[[], str] | None = None) -> Transport:
+    """SMTP when a relay host is configured (XOAUTH2 with `token`), else the Maildir."""
+    return SMTPTransport(settings, token) if settings.host else MaildirTransport(maildir)
 
 
 @dataclass

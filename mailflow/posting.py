@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import commands as cmd
 from . import incidents as inc
+from . import statuspage
 from .errors import MailflowError
 from .models import Due, Entry, Incident, InMessage, OutMessage, Recipient
 from .receipts import Receipt, auto_reply, queue_receipt
@@ -167,12 +168,15 @@ def _post(app: Mailflow, incident: Incident, reply: Reply, mail_from: str, now: 
         return Outcome(250, "2.0.0 held: a line looks like a command but is none; the sender "
                             "is told", "held")
     receipt.refused += [(r.line, r.reason) for r in reply.refused]
-    names = [c.name for c in reply.commands]
+    published = _publish(app, incident, reply, now, receipt)
+    names = [c.name for c in reply.commands if c.name != "publish"]
     if not incident.is_open:
         if "reopen" not in names:
-            if reply.commands:
-                receipt.refused += [(_label(c), f"{incident.ref} is {incident.status}: reply "
-                                     "`reopen` first") for c in reply.commands]
+            others = [c for c in reply.commands if c.name != "publish"]
+            receipt.refused += [(_label(c), f"{incident.ref} is {incident.status}: reply "
+                                 "`reopen` first") for c in others]
+            if published and not reply.text:
+                return Outcome(250, f"2.0.0 {incident.ref} published", "command")
             return _after_end(app, incident, author, reply.text, now, receipt)
         inc.reopen(app, incident, now, author, notify=False)
         receipt.applied.append("reopen")
@@ -233,6 +237,22 @@ def _post(app: Mailflow, incident: Incident, reply: Reply, mail_from: str, now: 
         return _empty(incident, author, now)
     return Outcome(250, f"2.0.0 posted to {incident.ref}", "posted" if text else "command",
                    send_now=send_now)
+
+
+def _publish(app: Mailflow, incident: Incident, reply: Reply, now: datetime,
+             receipt: Receipt) -> bool:
+    """`publish` / `publish: other words`: the pending status update goes out (even after
+    the end: the solved communication is published once the incident is resolved)."""
+    asked = [c for c in reply.commands if c.name == "publish"]
+    if not asked:
+        return False
+    try:
+        update = statuspage.publish(app, incident, now, reply.sender, asked[-1].value)
+    except MailflowError as exc:
+        receipt.refused.append((_label(asked[-1]), str(exc)))
+        return False
+    receipt.applied.append(f"publish: the status page now says {update.public_text!r}")
+    return True
 
 
 def _label(c: cmd.Command) -> str:
@@ -397,6 +417,9 @@ def accept_declaration(app: Mailflow, reply: Reply, raw: bytes, mail_from: str,
     """An email to the base address from a known contact declares an incident."""
     if reply.is_bounce or reply.is_auto_reply:
         return Outcome(250, "2.0.0 auto-reply ignored", "auto-reply")
+    from . import subscribers  # anyone may (un)subscribe, by a line of its own
+    if (subscription := subscribers.accept_base(app, reply, raw, mail_from, now)) is not None:
+        return subscription
     sender = reply.sender
     if not sender or not app.contacts.knows(sender):
         return Outcome(550, f"5.7.1 {sender or 'this sender'} may not declare incidents: "

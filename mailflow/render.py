@@ -18,12 +18,13 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import jinja2
-from jinja2 import meta
 from markupsafe import Markup, escape
+
+if TYPE_CHECKING:  # Jinja2 is imported by the Renderer: `mailflow list` never loads it
+    import jinja2
 
 from .addresses import normalise as bare_address  # noqa: F401 (imported from here)
 from .clock import as_utc, format_duration
@@ -239,6 +240,8 @@ class Renderer:
     """Loads templates (operator overrides first, then built-ins) and renders communications."""
 
     def __init__(self, override_dir: Path | None = None) -> None:
+        import jinja2
+
         self.override_dir = override_dir
         loaders: list[jinja2.BaseLoader] = []
         if override_dir is not None:
@@ -261,6 +264,9 @@ class Renderer:
         StrictUndefined only fails when a template is rendered, which for an escalation
         may be hours away: a variable no built-in template knows is refused here.
         """
+        import jinja2
+        from jinja2 import meta
+
         for kind in KINDS:
             self._template(f"{kind}.html")
             self._template(f"{kind}.txt")
@@ -285,6 +291,8 @@ class Renderer:
                                     "see the built-in templates for what is available")
 
     def _template(self, name: str) -> jinja2.Template:
+        import jinja2
+
         try:
             return self.env.get_template(name)
         except jinja2.TemplateSyntaxError as exc:
@@ -293,6 +301,8 @@ class Renderer:
             raise TemplateError(f"template {name!r} not found in the templates folder") from None
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
+        import jinja2
+
         template = self._template(name)
         try:
             return template.render(context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,8 +29,9 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture
 def backend() -> str:
-    """The database the `project` uses; modules that run on both override it with params."""
-    return "sqlite"
+    """The database the `project` uses; modules that run on both override it with params.
+    MAILFLOW_TEST_BACKEND=postgresql runs the rest on PostgreSQL too (by hand)."""
+    return os.environ.get("MAILFLOW_TEST_BACKEND", "sqlite")
 
 
 @pytest.fixture

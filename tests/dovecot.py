@@ -60,7 +60,8 @@ def wait_for_port(port: int, up: bool = True, timeout: float = 20.0) -> None:
 class Dovecot:
     """`dovecot -F -c CONF` in the background; start(), stop() and start() again."""
 
-    def __init__(self) -> None:
+    def __init__(self, introspection_url: str | None = None) -> None:
+        """With `introspection_url`, XOAUTH2 logins are checked by POSTing the token there."""
         self.binary = require("dovecot", "dovecot-imapd")
         # Not under pytest's tmp_path: that is 0700 root, and mail is stored as `nobody`.
         self.dir = Path(tempfile.mkdtemp(prefix="mailflow-dovecot-"))
@@ -76,6 +77,20 @@ class Dovecot:
         internal = "dovecot" if _user_exists("dovecot") else "nobody"
         login = "dovenull" if _user_exists("dovenull") else "nobody"
         self.conf = self.dir / "dovecot.conf"
+        mechanisms, oauth2 = "plain", ""
+        if introspection_url:
+            # Dovecot's OAuth2 passdb: the token is valid if the introspection endpoint says
+            # {"active": true, "email": <the login user>} (RFC 7662).
+            mechanisms = "plain xoauth2 oauthbearer"
+            (self.dir / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {introspection_url}\n"
+                "username_attribute = email\nactive_attribute = active\nactive_value = true\n")
+            oauth2 = f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.dir}/oauth2.conf.ext
+}}
+"""
         self.conf.write_text(f"""\
 base_dir = {self.dir}/run
 state_dir = {self.dir}/state
@@ -85,7 +100,7 @@ protocols = imap
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain
+auth_mechanisms = {mechanisms}
 login_trusted_networks = 127.0.0.1
 default_internal_user = {internal}
 default_login_user = {login}
@@ -94,7 +109,7 @@ namespace inbox {{
   inbox = yes
   separator = /
 }}
-passdb {{
+{oauth2}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.dir}/passwd
 }}
@@ -135,6 +150,8 @@ service imap-login {{
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
         self.process = None
         wait_for_port(self.port, up=False)
 
@@ -157,6 +174,17 @@ service imap-login {{
             if not client.folder_exists(folder):
                 client.create_folder(folder)
             client.append(folder, raw)
+
+    def reset_uidvalidity(self, folder: str = "INBOX") -> int:
+        """Give `folder` a new UIDVALIDITY (as a server rebuilding its index does); the new one."""
+        with self.client() as client:
+            old = int(client.select_folder(folder)[b"UIDVALIDITY"])
+        doveadm = require("doveadm", "dovecot-core")
+        subprocess.run([doveadm, "-c", str(self.conf), "mailbox", "update", "-u", self.user,
+                        "--uid-validity", str(old + 1000), folder], check=True,
+                       capture_output=True)
+        with self.client() as client:
+            return int(client.select_folder(folder)[b"UIDVALIDITY"])
 
     def uids(self, folder: str = "INBOX") -> list[int]:
         """The UIDs in `folder` (empty if it does not exist)."""

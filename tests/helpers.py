@@ -210,12 +210,13 @@ def assert_clean(reply: Reply) -> None:
     assert all(r == r.lower() and "@" in r for r in reply.bounced_recipients)
 
 
-def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org") -> int:
+def send_reply(port: int, to: str, body: str, sender: str = "bob@example.org",
+               timeout: float = 10) -> int:
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, "Re: [INC-1]"
     msg["Message-ID"] = f"<{time.monotonic_ns()}@client.example>"
     msg.set_content(body)
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as smtp:
         try:
             smtp.sendmail(sender, [to], msg.as_bytes(policy=SMTP))
         except smtplib.SMTPDataError as exc:
