@@ -31,7 +31,7 @@ from . import clock
 from .accepted import Backlog
 from .config import Inbound
 from .incidents import read_under_lock
-from .models import Accepted, Incident
+from .models import Accepted, Incident, is_postgres, wait_at_most
 from .posting import accept_declaration, accept_reply
 from .replies import header_sender, parse_reply
 from .tokens import split_address, verify
@@ -172,7 +172,7 @@ class GroupCommit:
             if budgets:
                 # Wait for another writer only as long as the budgets allow (this thread's
                 # own connection), instead of the connection's default 10 s.
-                self.db.execute_sql(f"PRAGMA busy_timeout = {max(1, int(min(budgets) * 1000))}")
+                wait_at_most(self.db, min(budgets))
             with self.db.atomic("IMMEDIATE"):
                 for job in batch:
                     if job.budget is not None and not job.budget.begin():
@@ -211,9 +211,11 @@ class InboundHandler:
         self.group = GroupCommit(app.db)
         # apply_after (the daemon): replies whose answer is certain are answered 250 once
         # stored, and applied after it (accepted.py). Without it every reply is applied
-        # before its answer (tests of the outcomes, the IMAP reader's folders).
+        # before its answer (tests of the outcomes, the IMAP reader's folders). Not on
+        # PostgreSQL: there several daemons share the `accepted` table, and each would apply
+        # the rows it found at start; a reply is applied before its answer there.
         self.backlog: Backlog | None = None
-        if apply_after:
+        if apply_after and not is_postgres(app.db):
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:

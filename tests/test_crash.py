@@ -13,13 +13,16 @@ import pytest
 
 from mailflow.testing import Sink, run_crash_scenario
 
-from .conftest import write_config
+from .conftest import BACKENDS, write_config
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
-def test_kill_9_loses_nothing(tmp_path: Path, sink: Sink, seed: int) -> None:
-    config = write_config(tmp_path, sink.port)
+def test_kill_9_loses_nothing(tmp_path: Path, sink: Sink, seed: int, backend: str,
+                              request: pytest.FixtureRequest) -> None:
+    database = request.getfixturevalue("pg_url") if backend == "postgresql" \
+        else "state/mailflow.db"
+    config = write_config(tmp_path, sink.port, database=database)
     report = run_crash_scenario(tmp_path, config, sink, senders=4, replies_each=40,
                                 recipients=200, crashes=3, seed=seed)
     print(report.line())
@@ -31,3 +34,9 @@ def test_kill_9_loses_nothing(tmp_path: Path, sink: Sink, seed: int) -> None:
     assert report.emails_missing == 0, "every queued email reached the relay"
     assert report.emails_queued > 200, "the start and the update fanned out"
     assert report.emails_duplicated <= report.crashes
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here that uses a project runs on SQLite and on PostgreSQL."""
+    return str(request.param)
