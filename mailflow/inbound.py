@@ -11,6 +11,7 @@ recipients and MIME parts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -230,6 +231,18 @@ class InboundHandler:
 
     def close(self) -> None:
         """Let the messages being processed finish, apply the accepted ones, stop the threads."""
+        # Each worker thread has its own database connection (peewee keeps one per thread).
+        # One closing task per worker, all held at a barrier so that each runs on a thread
+        # of its own: a PostgreSQL connection would otherwise stay open until collected.
+        barrier = threading.Barrier(self.WORKERS)
+
+        def close_connection() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=5)
+            self.app.db.close()
+
+        for _ in range(self.WORKERS):
+            self.executor.submit(close_connection)
         self.executor.shutdown(wait=True)
         if self.backlog is not None:
             self.backlog.close()

@@ -6,6 +6,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from mailflow.app import Mailflow
 from mailflow.config import load_config
 from mailflow.inbound import InboundHandler
@@ -99,3 +101,14 @@ def test_a_locked_database_gives_451_and_stores_nothing(tmp_path: Path, sink: Si
     finally:
         holder.close()
         app.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_on_postgresql_a_reply_is_applied_before_its_answer(app, announced) -> None:  # noqa: ANN001
+    # Several daemons share the database: a backlog per daemon would apply another's rows.
+    with InboundServer(app, NOW, apply_after=True) as server:
+        assert server.handler.backlog is None
+        code, answer = server.send(reply("Restarted web-2."), reply_to_address(app, announced))
+        assert code == 250 and b"accepted for" not in answer, answer
+        assert [e.text for e in posted(announced)] == ["Restarted web-2."]
+    assert Accepted.select().count() == 0
