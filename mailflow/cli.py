@@ -734,6 +734,14 @@ def _register_alerts() -> None:
 _register_alerts()
 
 
+def _register_status() -> None:
+    from .ha_cli import status
+    cli.add_command(status)
+
+
+_register_status()
+
+
 def _register_oauth2() -> None:
     from .oauth2_cli import oauth2_group
     cli.add_command(oauth2_group)

@@ -23,7 +23,7 @@ DEFAULT_UPDATE_EVERY = {"P0": "30m", "P1": "1h", "P2": "4h", "P3": "1d"}
 EXAMPLE_TOML = """\
 # mailflow configuration. Every key is optional; these are the defaults.
 # Paths are relative to this file.
-database = "mailflow.db"
+database = "mailflow.db"          # or "postgresql://mailflow@db.example.org/mailflow"
 contacts = "contacts.yaml"
 # templates = "templates"        # a folder of your own overrides of the built-in templates
 from = "Incident Desk <incidents@example.org>"
@@ -278,11 +278,36 @@ def _extras(data: dict[str, Any], base: Path, fail: Any, get: Any,
 
 
 @dataclass(frozen=True)
+class Ha:
+    """[ha]: several daemons on one PostgreSQL database."""
+
+    # A dead or cut-off scheduler holder is replaced within this time; heartbeats go at a
+    # third of it, and an instance silent for longer is shown as gone.
+    takeover: timedelta = timedelta(seconds=30)
+
+
+def _ha(section: Any, fail: Callable[[str, str], ConfigError]) -> Ha:
+    """[ha], checked."""
+    if not isinstance(section, dict):
+        raise fail("ha", "must be a table ([ha])")
+    unknown = set(section) - {"takeover"}
+    if unknown:
+        raise fail(f"ha.{sorted(unknown)[0]}", "unknown key; known: takeover")
+    try:
+        takeover = parse_duration(str(section.get("takeover", "30s")))
+    except InvalidInput as exc:
+        raise fail("ha.takeover", str(exc).split(": ", 1)[-1]) from None
+    if not timedelta(seconds=3) <= takeover <= timedelta(minutes=10):
+        raise fail("ha.takeover", f"{section.get('takeover')} is out of range: 3s to 10m")
+    return Ha(takeover=takeover)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything mailflow needs to know, resolved to absolute paths."""
 
     path: Path | None
-    database: Path
+    database: Path | str  # a SQLite file, or a postgresql:// URL (str)
     contacts: Path
     templates: Path | None
     maildir: Path
@@ -300,7 +325,15 @@ class Config:
     alerts: Alerts = field(default_factory=Alerts)
     status: StatusPage = field(default_factory=StatusPage)
     emails: Emails = field(default_factory=Emails)
+    ha: Ha = field(default_factory=Ha)
     oauth2: OAuth2 | None = None  # [oauth2]: XOAUTH2 for the relay and the mailbox
+
+    def state_dir(self) -> Path:
+        """Where files of this instance's own live (the OAuth2 token): beside the SQLite file,
+        or beside mailflow.toml when the database is a PostgreSQL URL."""
+        if isinstance(self.database, Path):
+            return self.database.parent
+        return self.path.parent if self.path else Path.cwd()
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the
@@ -323,7 +356,7 @@ class Config:
 _TOP = {"database", "contacts", "templates", "from", "reply_to", "secret", "maildir",
         "previous_secret", "previous_secret_until",
         "outbound", "inbound", "cadence", "allow_local_domains", "imap", "http", "alerts",
-        "status", "emails",
+        "status", "emails", "ha",
         "oauth2"}
 _OUT = {"host", "port", "starttls", "username", "password", "concurrency", "timeout", "retry_for",
         "cafile", "smtputf8", "max_message_size"}
@@ -394,6 +427,13 @@ def _emails_section(section: Any, fail: Any, get: Any) -> Emails:
         raise fail("emails.updates_in_full" if in_full < 1 else "emails.update_max_chars",
                    "too small: at least 1 update and 200 characters")
     return Emails(subject_style=style, updates_in_full=in_full, update_max_chars=max_chars)
+
+
+def _database(value: str, base: Path) -> Path | str:
+    """A postgresql:// URL as given (libpq reads it), else the SQLite file's absolute path."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    return (base / value).resolve()
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -574,7 +614,7 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     return Config(
         oauth2=oauth,
         path=path.resolve() if path else None,
-        database=resolve("database", "mailflow.db"),
+        database=_database(get(data, "database", str, "mailflow.db"), base),
         contacts=resolve("contacts", "contacts.yaml"),
         templates=resolve("templates", ".") if templates is not None else None,
         maildir=resolve("maildir", "mail"),
@@ -618,4 +658,5 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         imap=imap,
         **_extras(data, base, fail, get, check_keys),
         emails=emails,
+        ha=_ha(data.get("ha", {}), fail),
     )

@@ -302,7 +302,7 @@ def _off_open_incidents(ctx: click.Context, email: str) -> list[str]:
 
     config_path = getattr(ctx.obj, "config_path", None) or find_config(None)
     config = load_config(Path(config_path))
-    if not config.database.exists():
+    if isinstance(config.database, Path) and not config.database.exists():
         return []  # no incidents yet
     app = Mailflow(config)
     try:

@@ -22,7 +22,9 @@ import schedule
 from . import clock, httpapi, statuspage
 from .app import Mailflow
 from .errors import MailflowError
+from .ha import Membership
 from .inbound import Gate, InboundHandler, listen
+from .migrations import SchemaError
 from .scheduler import run_due
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Daemon:
         self._reload = False
         self._contacts_mtime = self._mtime()
         self._delivering: asyncio.Task[None] | None = None
+        self.ha: Membership | None = None  # this instance among others on the database
+        self.exit_code = 0
         # [inbound] mode = "imap": a current OAuth2 access token for XOAUTH2 (else the password).
         from .oauth2 import token_source  # stdlib only: msal is imported by the login alone
 
@@ -100,6 +104,8 @@ class Daemon:
         """
         now = self.now()
         try:
+            if self.ha is not None and not await self._schedules(now):
+                return  # another instance runs the scheduler; this one only sends
             # On a thread: a database locked by another process must not stall the loop.
             report = await asyncio.to_thread(run_due, self.app, now)
             for line in report.done:
@@ -107,6 +113,17 @@ class Daemon:
         finally:
             if self._delivering is None or self._delivering.done():
                 self._delivering = asyncio.ensure_future(self._deliver(now))
+
+    async def _schedules(self, now: datetime) -> bool:
+        """Heartbeat, and whether this instance holds the scheduler; a newer schema stops it."""
+        assert self.ha is not None
+        try:
+            return await asyncio.to_thread(self.ha.tick, now)
+        except SchemaError as exc:
+            log.error("stopping: %s", exc)
+            self.exit_code = 1
+            self.request_stop()
+            return False
 
     async def _deliver(self, now: datetime) -> None:
         try:
@@ -123,7 +140,7 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
         loop = asyncio.get_running_loop()
         cfg = self.app.config
-        handler = InboundHandler(self.app, self.now, on_posted=self._wake.set)
+        handler = InboundHandler(self.app, self.now, on_posted=self._wake.set, apply_after=True)
         loop.set_exception_handler(calm_exceptions)
         _enough_file_descriptors(cfg.inbound.max_connections)
         gate = Gate(cfg.inbound)
@@ -148,6 +165,7 @@ class Daemon:
         statuspage.mark_dirty(self.app)  # the status page is rewritten (and copied) at start
         sd_notify(f"READY=1\nSTATUS={where}")
 
+        self.ha = await asyncio.to_thread(Membership, self.app, self.now())
         # `schedule` paces the tick; the event lets a posted reply be sent at once.
         pacer = schedule.Scheduler()
         # schedule takes a float interval although its hints say int
@@ -193,11 +211,12 @@ class Daemon:
         await gate.close_all()
         if server is not None:
             await server.wait_closed()
-        handler.close()
+        await asyncio.to_thread(handler.close)  # applies the accepted replies still waiting
+        await asyncio.to_thread(self.ha.leave)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("stopped")
-        return 0
+        return self.exit_code
 
 
 class _Calm(logging.Filter):

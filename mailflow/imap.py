@@ -151,6 +151,9 @@ class ImapReader:
             self._wake.wait(delay)
             self._wake.clear()
             delay = min(delay * 2, self.backoff_max)
+        # This thread's own database connection (peewee keeps one per thread): a PostgreSQL
+        # connection would otherwise stay open until the garbage collector finds it.
+        self.app.db.close()
 
     def _serve(self, client: IMAPClient) -> None:
         idle = client.has_capability("IDLE")
@@ -259,8 +262,13 @@ class ImapReader:
     def _record_state(self, down_since: datetime | None, error: str) -> None:
         try:
             with self.app.db.atomic():
+                now = self.now()
+                # ON CONFLICT … DO UPDATE: both backends speak it (REPLACE is SQLite only).
                 ImapState.insert(mailbox=self.mailbox, down_since=down_since, error=error,
-                                 checked_at=self.now()).on_conflict_replace().execute()
+                                 checked_at=now).on_conflict(
+                    conflict_target=[ImapState.mailbox],
+                    update={ImapState.down_since: down_since, ImapState.error: error,
+                            ImapState.checked_at: now}).execute()
         except OperationalError as exc:  # a busy database must not stop the reading
             log.warning("could not record the IMAP state: %s", exc)
 

@@ -1,5 +1,8 @@
 """The aiosmtpd handler for replies: RCPT checks the signed token, DATA parses, commits, 250.
 
+In the daemon (`apply_after`), a reply whose answer is certain is committed as received,
+answered 250, and parsed and applied after it by the backlog (accepted.py).
+
 No sender stalls the event loop: parsing and the database run on worker threads with a
 time budget ([inbound] process_timeout), and the server caps connections, unfinished DATA,
 recipients and MIME parts.
@@ -8,6 +11,8 @@ recipients and MIME parts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hmac
 import logging
 import re
@@ -16,17 +21,20 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from peewee import OperationalError
 
 from . import clock
+from .accepted import Backlog
 from .config import Inbound
 from .incidents import read_under_lock
-from .models import Incident
+from .models import Accepted, Incident, is_postgres, wait_at_most
 from .posting import accept_declaration, accept_reply
-from .replies import parse_reply
+from .replies import header_sender, parse_reply
 from .tokens import split_address, verify
 
 if TYPE_CHECKING:
@@ -165,7 +173,7 @@ class GroupCommit:
             if budgets:
                 # Wait for another writer only as long as the budgets allow (this thread's
                 # own connection), instead of the connection's default 10 s.
-                self.db.execute_sql(f"PRAGMA busy_timeout = {max(1, int(min(budgets) * 1000))}")
+                wait_at_most(self.db, min(budgets))
             with self.db.atomic("IMMEDIATE"):
                 for job in batch:
                     if job.budget is not None and not job.budget.begin():
@@ -191,7 +199,7 @@ class InboundHandler:
     WORKERS = 4  # SQLite has one writer; more threads would only wait for its lock
 
     def __init__(self, app: Mailflow, now: Callable[[], datetime] = clock.now,
-                 on_posted: Callable[[], Any] | None = None) -> None:
+                 on_posted: Callable[[], Any] | None = None, apply_after: bool = False) -> None:
         self.app = app
         self.now = now
         self.on_posted = on_posted  # wakes the outbox sender when a reply queued mail
@@ -200,7 +208,21 @@ class InboundHandler:
         # own SQLite connection (peewee's connection state is per thread).
         self.executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="mailflow-inbound")
         self._known: set[int | str] = set()  # incident ids seen to exist (see `_exists`)
+        self._refs: dict[int, str] = {}  # incidents past their draft (never one again): ref
         self.group = GroupCommit(app.db)
+        # apply_after (the daemon): replies whose answer is certain are answered 250 once
+        # stored, and applied after it (accepted.py). Without it every reply is applied
+        # before its answer (tests of the outcomes, the IMAP reader's folders). Not on
+        # PostgreSQL: there several daemons share the `accepted` table, and each would apply
+        # the rows it found at start; a reply is applied before its answer there.
+        self.backlog: Backlog | None = None
+        if apply_after and not is_postgres(app.db):
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            self.backlog = Backlog(app.db, self.group, self._apply_accepted, self._parse_accepted,
+                                   on_queued=self._queued_from_thread(loop))
 
     @property
     def limits(self) -> Inbound:
@@ -208,8 +230,36 @@ class InboundHandler:
         return self.app.config.inbound
 
     def close(self) -> None:
-        """Let the messages being processed finish, then stop the worker threads."""
+        """Let the messages being processed finish, apply the accepted ones, stop the threads."""
+        # Each worker thread has its own database connection (peewee keeps one per thread).
+        # One closing task per worker, all held at a barrier so that each runs on a thread
+        # of its own: a PostgreSQL connection would otherwise stay open until collected.
+        barrier = threading.Barrier(self.WORKERS)
+
+        def close_connection() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=5)
+            self.app.db.close()
+
+        for _ in range(self.WORKERS):
+            self.executor.submit(close_connection)
         self.executor.shutdown(wait=True)
+        if self.backlog is not None:
+            self.backlog.close()
+
+    def _queued_from_thread(self, loop: asyncio.AbstractEventLoop | None
+                            ) -> Callable[[], None] | None:
+        """`on_posted`, callable from the applier thread (an asyncio.Event is not thread-safe)."""
+        on_posted = self.on_posted
+        if on_posted is None:
+            return None
+
+        def notify() -> None:
+            if loop is None:
+                on_posted()
+            else:
+                loop.call_soon_threadsafe(on_posted)
+        return notify
 
     def is_base(self, address: str) -> bool:
         """The reply address without a token: where incidents are declared by email."""
@@ -269,6 +319,13 @@ class InboundHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         """550 before any DATA for anything but a valid signed incident address."""
+        target = self.target(address)  # an HMAC: no I/O
+        if target is None or target == "base" or target in self._known:
+            # Nothing to read from the database: answered here, without a thread hop.
+            answer, add = self._rcpt(address, list(envelope.rcpt_tos))
+            if add:
+                envelope.rcpt_tos.append(address)
+            return answer
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self.executor, self._rcpt, address, list(envelope.rcpt_tos))
         try:
@@ -320,8 +377,62 @@ class InboundHandler:
         return self._process(envelope, None)[0]
 
     def _process(self, envelope: Envelope, budget: _Budget | None) -> tuple[str, bool]:
-        return self.process(envelope.original_content or b"", envelope.mail_from or "",
-                            list(envelope.rcpt_tos), budget)
+        raw, mail_from = envelope.original_content or b"", envelope.mail_from or ""
+        rcpt_tos = list(envelope.rcpt_tos)
+        if self.backlog is not None:
+            answer = self._accept(raw, mail_from, rcpt_tos, budget)
+            if answer is not None:
+                return answer, False
+        return self.process(raw, mail_from, rcpt_tos, budget)
+
+    def _accept(self, raw: bytes, mail_from: str, rcpt_tos: list[str],
+                budget: _Budget | None) -> str | None:
+        """Store a reply whose answer is certain and answer 250; None: apply it first.
+
+        Certain: one incident past its draft, and a From address of contacts.yaml, which may
+        always post (`posting.may_post`): whatever the reply says, its answer is 250. The
+        reply is in the database (fsynced) before the answer, and applied by the backlog.
+        """
+        assert self.backlog is not None
+        if self.backlog.full():
+            return None
+        max_parts = self.limits.max_parts
+        if count_parts(raw, max_parts) > max_parts:
+            return None  # refused by `process`, with its message
+        targets = {self.target(a) for a in rcpt_tos}
+        if len(targets) != 1:
+            return None
+        target = targets.pop()
+        if not isinstance(target, int) or isinstance(target, bool):
+            return None
+        ref = self._refs.get(target)
+        if ref is None:
+            incident = self._incident(target)
+            if incident is None or incident.status == "draft":
+                return None
+            ref = self._refs[target] = incident.ref
+        if not self.app.contacts.knows(header_sender(raw)):
+            return None
+        if budget is not None and budget.remaining() <= 0:
+            raise _Late
+        now, backlog = self.now(), self.backlog
+        self.group.run(lambda: backlog.store(target, now, mail_from, raw), budget)
+        backlog.stored()
+        return smtp_answer(250, f"2.0.0 accepted for {ref}; applied in the order received")
+
+    def _parse_accepted(self, row: Accepted) -> Any:
+        """The backlog's parse of a stored reply (outside the write lock)."""
+        return parse_reply(row.content, envelope_from=row.mail_from)
+
+    def _apply_accepted(self, row: Accepted, reply: Any) -> bool:
+        """The backlog's apply of a stored reply, inside its savepoint: whether mail was queued."""
+        before = self.app.outbox.queued
+        code, message = self._apply(row.incident_id, reply, bytes(row.content), row.mail_from,
+                                    row.received_at)
+        if code >= 400:  # contacts.yaml changed, or the incident was deleted, since the 250
+            log.warning("reply from %s to INC-%d, answered 250, not applied: %s",
+                        reply.sender or "<>", row.incident_id, message)
+        return self.app.outbox.queued != before
 
     def process(self, raw: bytes, mail_from: str | None, rcpt_tos: list[str],
                 budget: _Budget | None = None) -> tuple[str, bool]:
@@ -419,8 +530,52 @@ class _Busy(asyncio.Protocol):
         transport.close()
 
 
+_COMMAND_NAMES: dict[type, list[str]] = {}
+
+
+def _command_names(cls: type) -> list[str]:
+    """The smtp_* and auth_* attribute names of a protocol class."""
+    names = _COMMAND_NAMES.get(cls)
+    if names is None:
+        names = _COMMAND_NAMES[cls] = [n for n in dir(cls) if n.startswith(("smtp_", "auth_"))]
+    return names
+
+
+@functools.lru_cache(maxsize=4096)
+def _smtp_address(arg: str, local_part_limit: int) -> tuple[str | None, str | None]:
+    """aiosmtpd's `SMTP._getaddr`, remembered: (address, rest), (None, None) if unparsable."""
+    if not arg:
+        return "", ""
+    try:
+        if arg.lstrip().startswith("<"):
+            angle, rest = get_angle_addr(arg)
+            addr = angle.addr_spec
+        else:
+            spec, rest = get_addr_spec(arg)
+            addr = spec.addr_spec
+    except HeaderParseError:
+        return None, None
+    localpart = addr.rpartition("@")[0]
+    if local_part_limit and len(localpart) > local_part_limit:
+        return None, None
+    return addr, rest
+
+
 class _Protocol(SMTP):
-    """aiosmtpd's SMTP with the gate's accounting: a connection slot and DATA bytes."""
+    """aiosmtpd's SMTP with the gate's accounting: a connection slot and DATA bytes.
+
+    Two of aiosmtpd's per-connection costs are fixed per class or per address, and are
+    remembered here: its `__init__` finds the smtp_* and auth_* methods with
+    `inspect.getmembers(self)`, which reads every attribute of every new connection (a
+    tenth of a reply's CPU under load), and every MAIL and RCPT parses its address with the
+    email header parser (declaring a class each time).
+    """
+
+    def __dir__(self) -> list[str]:
+        return _command_names(type(self))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        return _smtp_address(arg, self.local_part_limit)
 
     def __init__(self, handler: InboundHandler, gate: Gate, **options: Any) -> None:
         super().__init__(handler, **options)

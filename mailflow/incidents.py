@@ -19,7 +19,17 @@ from .clock import as_utc, compact_duration, parse_duration
 from .composition import IMPACTS, LEAD_KINDS, PRIORITY, context, facts_of
 from .config import SEVERITIES
 from .errors import InvalidInput, NotFound
-from .models import LIVE, Due, Entry, EntryKind, Incident, OutMessage, Recipient, Status
+from .models import (
+    LIVE,
+    Due,
+    Entry,
+    EntryKind,
+    Incident,
+    OutMessage,
+    Recipient,
+    Status,
+    is_postgres,
+)
 from .render import Envelope, Personal, one_line
 from .threads import conversation_headers
 
@@ -90,7 +100,11 @@ def locked(app: Mailflow, incident: Incident) -> Iterator[Incident]:
             yield incident
         return
     with app.db.atomic("IMMEDIATE"):
-        fresh = Incident.get_by_id(incident.id)
+        query = Incident.select().where(Incident.id == incident.id)
+        if is_postgres(app.db):
+            # Row locks, not a database lock: other incidents' work goes on meanwhile.
+            query = query.for_update()
+        fresh = query.get()
         incident.__data__.update(fresh.__data__)
         incident._dirty.clear()  # type: ignore[attr-defined]  # peewee's own bookkeeping
         with read_under_lock(incident):

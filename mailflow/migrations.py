@@ -11,10 +11,17 @@ backs the file up (`<db>.bak-<version>`, SQLite's online backup) before the firs
 pending migration, applies each pending one in its own transaction under a write lock
 (two processes starting at once cannot both migrate), and refuses a database that a
 newer mailflow has already migrated further than this code knows.
+
+Every migration runs on SQLite and on PostgreSQL: DDL goes through peewee (models and the
+migrator), or is written for both where it is raw. On PostgreSQL the whole upgrade holds a
+session advisory lock (`MIGRATION_LOCK`), so of several daemons starting at once one
+migrates and the others wait, then find nothing to do; there is no file to back up there
+(the server's own backups and standby are the copy).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    PostgresqlDatabase,
     TextField,
 )
 from playhouse.migrate import SchemaMigrator
@@ -39,6 +47,8 @@ from . import clock
 from .errors import MailflowError
 
 MIGRATION_TABLE = "migration"
+# pg_advisory_lock key of the upgrade (any fixed 64-bit number; "mailflow" in ASCII).
+MIGRATION_LOCK = 0x6D61696C666C6F77
 
 
 class SchemaError(MailflowError):
@@ -323,6 +333,42 @@ def _m0010_imap_messages(db: Database, migrator: SchemaMigrator) -> None:
     db.create_tables([ImapMessage, ImapState], safe=True)
 
 
+def _m0011_instances(db: Database, migrator: SchemaMigrator) -> None:
+    """The daemons working on this database, with their heartbeat (`mailflow status`)."""
+
+    class Instance(Model):
+        id = AutoField()
+        host = CharField()
+        pid = IntegerField()
+        version = CharField()
+        started_at = DateTimeField()
+        heartbeat_at = DateTimeField()
+        scheduler_since = DateTimeField(null=True)  # holds the scheduler's lock since then
+
+        class Meta:
+            database = db
+            table_name = "instance"
+
+    db.create_tables([Instance], safe=True)
+
+
+def _m0012_accepted_replies(db: Database, migrator: SchemaMigrator) -> None:
+    """Replies answered 250 and not applied yet (the daemon applies them after answering)."""
+
+    class Accepted(Model):
+        id = AutoField()
+        incident_id = IntegerField()
+        received_at = DateTimeField()
+        mail_from = CharField(default="")
+        content = BlobField(column_name="raw")  # not `raw`: that is peewee's Model.raw()
+
+        class Meta:
+            database = db
+            table_name = "accepted"
+
+    db.create_tables([Accepted], safe=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_outbox_recipient_order", _m0002_outbox_recipient_order),
@@ -335,6 +381,8 @@ MIGRATIONS: list[Migration] = [
               _m0008_outbox_priority_and_failure_notice),
     Migration("0009_recipient_via", _m0009_recipient_via),
     Migration("0010_imap_messages", _m0010_imap_messages),
+    Migration("0011_instances", _m0011_instances),
+    Migration("0012_accepted_replies", _m0012_accepted_replies),
 ]
 
 
@@ -363,7 +411,8 @@ def pending(db: Database, migrations: list[Migration] | None = None) -> list[Mig
 
 
 def _record(db: Database, name: str, now: datetime) -> None:
-    db.execute_sql(f'INSERT INTO "{MIGRATION_TABLE}" ("name", "applied_at") VALUES (?, ?)',
+    p = db.param
+    db.execute_sql(f'INSERT INTO "{MIGRATION_TABLE}" ("name", "applied_at") VALUES ({p}, {p})',
                    (name, now.isoformat().replace("+00:00", "Z")))
 
 
@@ -375,6 +424,11 @@ def _adopt_legacy(db: Database, now: datetime) -> None:
     """
     if not applied(db) and db.table_exists("incident"):
         _record(db, MIGRATIONS[0].name, now)
+
+
+def check_not_newer(db: Database, where: str) -> None:
+    """Raise SchemaError if a newer mailflow migrated this database past this code."""
+    _check_not_newer(db, MIGRATIONS, where)
 
 
 def _check_not_newer(db: Database, migrations: list[Migration], where: str) -> None:
@@ -400,13 +454,33 @@ def backup(db: Database, path: Path, version: str) -> Path | None:
     return target
 
 
+def _postgres(db: Database) -> bool:
+    return isinstance(db, PostgresqlDatabase)
+
+
 def upgrade(db: Database, path: Path | str, now: datetime | None = None,
             migrations: list[Migration] | None = None) -> list[str]:
     """Apply every pending migration, each in one transaction; returns the names applied."""
+    if not _postgres(db):
+        return _upgrade(db, Path(path), str(path), now, migrations)
+    # The lock is the session's: held across the per-migration transactions, released
+    # however the upgrade ends (and by the server if this process dies).
+    db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        return _upgrade(db, None, display_url(str(path)), now, migrations)
+    finally:
+        db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages and logs (they never show it)."""
+    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def _upgrade(db: Database, path: Path | None, where: str, now: datetime | None,
+             migrations: list[Migration] | None) -> list[str]:
     migrations = migrations if migrations is not None else MIGRATIONS
     now = now or clock.now()
-    path = Path(path)
-    where = str(path)
     migrator = SchemaMigrator.from_database(db)
     _check_not_newer(db, migrations, where)
     done = applied(db)
@@ -415,7 +489,7 @@ def upgrade(db: Database, path: Path | str, now: datetime | None = None,
     todo = [m for m in migrations if m.name not in set(known)]
     if not todo and not legacy:
         return []
-    if known:  # an existing database: keep a copy of it as it was, before any change
+    if known and path is not None:  # an existing SQLite file: keep a copy of it as it was
         backup(db, path, known[-1].split("_", 1)[0])
     with db.atomic("IMMEDIATE"):
         _ensure_table(db)

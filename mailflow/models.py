@@ -1,7 +1,9 @@
-"""peewee models on a SQLite file passed in: incidents, timeline, recipients, outbox, due work."""
+"""peewee models on the database passed in (a SQLite file or a PostgreSQL URL): incidents,
+timeline, recipients, outbox, due work."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import datetime
@@ -14,16 +16,26 @@ from peewee import (
     BlobField,
     BooleanField,
     CharField,
+    Database,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
     Model,
+    OperationalError,
+    PostgresqlDatabase,
     SqliteDatabase,
     TextField,
 )
 
 from .clock import as_utc
-from .migrations import upgrade
+from .errors import MailflowError
+from .migrations import display_url, upgrade
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class DatabaseUnavailable(MailflowError):
+    """The database server cannot be reached (down, failing over, or refused us)."""
 
 
 class UTCDateTimeField(DateTimeField):
@@ -246,6 +258,16 @@ class InMessage(BaseModel):
         indexes = ((("incident", "message_id"), False),)
 
 
+class Accepted(BaseModel):
+    """A reply answered 250 but not applied yet; deleted in the transaction that applies it."""
+
+    id = AutoField()
+    incident_id = IntegerField()  # not a foreign key: a reply to a deleted incident is dropped
+    received_at = UTCDateTimeField()
+    mail_from = CharField(default="")
+    content = BlobField(column_name="raw")
+
+
 class Alert(BaseModel):
     """An alert group from a monitoring system, and the draft (or incident) it opened."""
 
@@ -314,12 +336,121 @@ class ImapState(BaseModel):
     checked_at = UTCDateTimeField(null=True)
 
 
+class Instance(BaseModel):
+    """A daemon working on this database, and its last heartbeat."""
+
+    id = AutoField()
+    host = CharField()
+    pid = IntegerField()
+    version = CharField()
+    started_at = UTCDateTimeField()
+    heartbeat_at = UTCDateTimeField()
+    scheduler_since = UTCDateTimeField(null=True)  # holds the scheduler's lock since then
+
+
 MODELS = [Incident, Entry, Recipient, OutMessage, Due, InMessage, Alert, StatusUpdate,
-          Subscriber, ImapMessage, ImapState]
+          Subscriber, ImapMessage, ImapState, Instance, Accepted]
 
 
-def open_database(path: Path | str) -> SqliteDatabase:
-    """Open (and create, 0600) the SQLite file, bind the models to it, and migrate."""
+def is_url(database: Path | str) -> bool:
+    """Whether `database` names a PostgreSQL server (a URL) rather than a SQLite file."""
+    return isinstance(database, str) and database.startswith(URL_SCHEMES)
+
+
+def is_postgres(db: Database) -> bool:
+    """Whether this open database is PostgreSQL (claims and locks differ from SQLite's)."""
+    return isinstance(db, PostgresqlDatabase)
+
+
+def _postgres_class() -> type:
+    """peewee's psycopg 3 database class with our two changes, built on first use: importing
+    playhouse's PostgreSQL module imports psycopg (and asyncio), which a SQLite database
+    must not pay for."""
+    global _POSTGRES
+    if _POSTGRES is None:
+        from playhouse.postgres_ext import Psycopg3Database
+
+        class PostgresDatabase(Psycopg3Database):
+            """peewee's psycopg 3 database, taking SQLite's lock types where callers pass them.
+
+            `atomic("IMMEDIATE")` takes SQLite's write lock at BEGIN; PostgreSQL locks the
+            rows a transaction writes instead, so the lock type is dropped (READ COMMITTED).
+            """
+
+            def atomic(self, *args: Any, **kwargs: Any) -> Any:
+                """A transaction (or savepoint); SQLite lock types are ignored."""
+                args = tuple(a for a in args
+                             if a not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"))
+                self._drop_if_broken()
+                return super().atomic(*args, **kwargs)
+
+            def execute_sql(self, sql: str, params: Any = None, *args: Any,
+                            **kwargs: Any) -> Any:
+                """Run a statement; a connection the server dropped (restart, failover)
+                is replaced."""
+                self._drop_if_broken()
+                return super().execute_sql(sql, params, *args, **kwargs)
+
+            def _drop_if_broken(self) -> None:
+                # Only between transactions: inside one, the error must reach the caller (the
+                # reply gets a 4xx, the tick is retried), never be replayed on a new connection.
+                conn = self._state.conn
+                if (conn is not None and (conn.broken or conn.closed)
+                        and not self.in_transaction()):
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    self._state.reset()  # the next statement connects again (autoconnect)
+
+        _POSTGRES = PostgresDatabase
+    return _POSTGRES
+
+
+_POSTGRES: type | None = None
+
+
+def wait_at_most(db: Database, seconds: float) -> None:
+    """How long this connection's next statements wait for another writer's lock."""
+    ms = max(1, int(seconds * 1000))
+    if is_postgres(db):
+        db.execute_sql(f"SET lock_timeout = {ms}")
+    else:
+        db.execute_sql(f"PRAGMA busy_timeout = {ms}")
+
+
+def _open_postgres(url: str) -> Database:
+    """Connect to the server named by the URL (libpq finds the password: URL, PGPASSFILE,
+    PGPASSWORD), bind the models and migrate under the migration lock."""
+    try:
+        import psycopg
+    except ImportError:
+        raise DatabaseUnavailable(
+            f"{display_url(url)}: PostgreSQL needs the psycopg driver: install mailflow with "
+            "its postgresql extra (pip install 'mailflow[postgresql]')") from None
+
+    scheme, rest = url.split("://", 1)
+    db = _postgres_class()(f"postgresql://{rest}" if scheme == "postgres" else url,
+                          autoconnect=True)
+    db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+    try:
+        db.connect(reuse_if_open=True)
+    except (psycopg.Error, OperationalError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"{display_url(url)}: cannot connect to PostgreSQL ({reason}): check that the"
+            " server runs and the URL, PGPASSFILE or PGPASSWORD are right") from None
+    try:
+        upgrade(db, url)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def open_database(path: Path | str) -> Database:
+    """Open the database (a PostgreSQL URL, or a SQLite file created 0600), bind the
+    models to it, and migrate."""
+    if is_url(path):
+        return _open_postgres(str(path))
     path = Path(path)
     if str(path) != ":memory:":
         path.parent.mkdir(parents=True, exist_ok=True)

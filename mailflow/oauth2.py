@@ -104,7 +104,7 @@ def xoauth2(user: str, access_token: str) -> str:
 
 
 def token_path(state_dir: Path) -> Path:
-    """Where the refresh token is kept: beside the database."""
+    """Where the refresh token is kept: in the instance's state folder (`Config.state_dir`)."""
     return state_dir / TOKEN_FILE
 
 
@@ -200,4 +200,4 @@ def token_source(config: Config) -> TokenSource | None:
     """The access-token callable for [outbound] and [imap] (XOAUTH2), or None without [oauth2]."""
     if config.oauth2 is None:
         return None
-    return TokenSource(config.oauth2, token_path(config.database.parent))
+    return TokenSource(config.oauth2, token_path(config.state_dir()))

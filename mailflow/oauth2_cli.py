@@ -33,13 +33,14 @@ def _settings(state: Any) -> tuple[oauth2.OAuth2, Any]:
     if config.oauth2 is None:
         raise ConfigError(f"{state.config_path}: no [oauth2] section; add provider and "
                           "client_id first (see the README, OAuth2)")
-    return config.oauth2, oauth2.token_path(config.database.parent)
+    return config.oauth2, oauth2.token_path(config.state_dir())
 
 
 @oauth2_group.command()
 @pass_state
 def login(state: Any) -> None:
-    """Sign in once; the refresh token is stored 0600 beside the database.
+    """Sign in once; the refresh token is stored 0600 beside the database
+    (beside mailflow.toml with a PostgreSQL database).
 
     \b
     microsoft: a device code to enter at the address shown (MSAL)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import aiosmtplib
-from peewee import SqliteDatabase
+from peewee import Database, PostgresqlDatabase
 
 from .clock import format_duration
 from .config import Outbound
@@ -332,6 +332,16 @@ def _sql_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
 
 
+def _naive(value: datetime) -> datetime:
+    """A time as the PostgreSQL columns hold it (naive UTC)."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _aware(value: datetime) -> datetime:
+    """A naive UTC time read from PostgreSQL, made aware."""
+    return value.replace(tzinfo=timezone.utc)
+
+
 def _from_sql(value: str) -> datetime:
     """The reverse of _sql_time (aware UTC)."""
     return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
@@ -409,11 +419,21 @@ class _Lane:
                     done.set_result(job(conn, *args))
                 except BaseException as exc:  # handed to whoever waits for the job
                     done.set_exception(exc)
+                    if conn is not None and getattr(conn, "broken", False):
+                        # The PostgreSQL server dropped it: connect again at the next job.
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
         finally:
             if conn is not None:
                 conn.close()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> Any:
+        if self.database.startswith("postgresql://"):
+            import psycopg
+
+            # Autocommit: each claim or mark is one statement, committed on its own.
+            return psycopg.connect(self.database, autocommit=True)
         conn = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False,
                                timeout=10)
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -426,7 +446,7 @@ class _Lane:
 class Outbox:
     """Queue, claim and deliver outgoing mail."""
 
-    def __init__(self, db: SqliteDatabase, retry_for: timedelta = timedelta(days=1)) -> None:
+    def __init__(self, db: Database, retry_for: timedelta = timedelta(days=1)) -> None:
         self.db = db
         self.retry_for = retry_for
         # Marks get a lane of their own: a claim or checkpoint never delays the next DATA.
@@ -434,10 +454,22 @@ class Outbox:
         self._claims = _Lane(db.database, "mailflow-claims")
         # The lanes' writes take turns here: SQLite's own busy wait sleeps 1 ms and more.
         self._writing = threading.Lock()
-        # The claim lane copies the WAL back after each claim, in the background; the main
-        # connection would do it inside the commit that queues a fan-out (~12 ms per 1,000
-        # emails, before the first one can go out). It still does past 40 MB, as a backstop.
-        db.execute_sql(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP}")
+        self._postgres = isinstance(db, PostgresqlDatabase)
+        self._claimer: int | None = None
+        # A mark failed on PostgreSQL: the server may have dropped our connections, and with
+        # them our claims, which another instance may take now. Stop sending this batch.
+        self._lost = False
+        if self._postgres:
+            # Several instances share the outbox: rows are claimed with SKIP LOCKED, and a
+            # claim is void once its claimer's connection is gone from the server.
+            self._claim = self._claim_pg  # type: ignore[method-assign]
+            self._release = self._release_pg  # type: ignore[method-assign]
+            self._checkpoint = lambda conn: None  # type: ignore[method-assign]
+        else:
+            # The claim lane copies the WAL back after each claim, in the background; the
+            # main connection would do it inside the commit that queues a fan-out (~12 ms
+            # per 1,000 emails, before the first one can go out). It still does past 40 MB.
+            db.execute_sql(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP}")
         self.queued = 0  # messages queued by this process: the daemon wakes its sender on a change
         self.urgent = False  # mail with a priority was queued since the last look
 
@@ -463,10 +495,11 @@ class Outbox:
         self.queued += len(messages)
         if priority > 0:
             self.urgent = True  # a drain in progress takes it ahead of the rest of its batch
+        p = self.db.param  # ? on SQLite, %s on PostgreSQL
         self.db.cursor().executemany(
             "INSERT INTO outmessage (incident_id, kind, recipient, envelope_from, message_id, "
             "raw, created_at, next_attempt_at, expires_at, attempts, status, last_error, priority) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'queued', '', ?)",
+            f"VALUES ({', '.join([p] * 9)}, 0, 'queued', '', {p})",
             # A held copy's retry window starts when it may go, not when it was queued.
             [(incident_id, kind, rcpt, envelope_from, mid, raw, later.get(rcpt, at),
               later.get(rcpt, at), expires, priority) for rcpt, mid, raw in messages])
@@ -476,11 +509,14 @@ class Outbox:
         (a later email of the incident goes at once: the earlier ones go first)."""
         if not recipients:
             return 0
+        p = self.db.param
+        among = "= ANY(%s)" if self._postgres else "IN (SELECT value FROM json_each(?))"
         cur = self.db.execute_sql(
-            "UPDATE outmessage SET next_attempt_at = ? WHERE incident_id = ? AND status = "
-            "'queued' AND attempts = 0 AND last_error = '' AND next_attempt_at > ? "
-            "AND recipient IN (SELECT value FROM json_each(?))",
-            (_sql_time(now), incident_id, _sql_time(now), json.dumps(list(recipients))))
+            f"UPDATE outmessage SET next_attempt_at = {p} WHERE incident_id = {p} AND status = "
+            f"'queued' AND attempts = 0 AND last_error = '' AND next_attempt_at > {p} "
+            f"AND recipient {among}",
+            (_sql_time(now), incident_id, _sql_time(now),
+             list(recipients) if self._postgres else json.dumps(list(recipients))))
         return int(cur.rowcount or 0)
 
     def pending(self) -> int:
@@ -561,6 +597,52 @@ class Outbox:
                 for (id, incident_id, kind, recipient, envelope_from, raw, created_at,
                      expires_at) in candidates if id in taken]
 
+    # PostgreSQL: the same rule in one statement. SKIP LOCKED: rows another instance is
+    # claiming right now are left to it, not waited for; the one-per-recipient test sees
+    # committed claims only, and a row locked by another claim is not taken here.
+    _DUE_PG = ("((status = 'queued' AND next_attempt_at <= %(at)s) OR (status = 'sending' AND "
+               "(claimed_until <= %(at)s OR (claimed_by IS NOT NULL AND claimed_by <> %(me)s "
+               "AND claimed_by NOT IN (SELECT pid FROM pg_stat_activity)))))")
+
+    def _claim_pg(self, conn: Any, now: datetime, limit: int,
+                  urgent: bool = False) -> list[Claimed]:
+        """The claim on PostgreSQL: `FOR UPDATE SKIP LOCKED`, claimed by this connection.
+
+        `claimed_by` is the claim connection's backend pid: the server knows which are
+        alive on every host, so a crashed instance's claims are taken over at once.
+        """
+        me = self._claimer_id(conn)
+        params = {"at": _naive(now), "me": me, "until": _naive(now + LEASE), "limit": limit}
+        only = "AND priority > 0 " if urgent else ""
+        rows = conn.execute(
+            "WITH c AS (SELECT id FROM outmessage AS m "
+            f"WHERE {self._DUE_PG} {only}AND {self._FIRST.replace(':at', '%(at)s')} "
+            "ORDER BY priority DESC, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE outmessage AS o SET status = 'sending', claimed_until = %(until)s, "
+            "claimed_by = %(me)s FROM c WHERE o.id = c.id RETURNING o.id, o.incident_id, "
+            "o.kind, o.recipient, o.envelope_from, o.raw, o.created_at, o.expires_at, "
+            "o.attempts, o.priority", params).fetchall()
+        rows.sort(key=lambda r: (-r[9], r[0]))
+        return [Claimed(id, incident_id, kind, recipient, envelope_from, bytes(raw),
+                        _aware(created_at), expires_at and _aware(expires_at), attempts)
+                for (id, incident_id, kind, recipient, envelope_from, raw, created_at,
+                     expires_at, attempts, _) in rows]
+
+    def _claimer_id(self, conn: Any | None = None) -> int:
+        """Who this outbox claims as: its PID on SQLite, its claim connection on PostgreSQL."""
+        if not self._postgres:
+            return os.getpid()
+        if conn is not None:
+            self._claimer = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        return self._claimer if self._claimer is not None else -1
+
+    def _release_pg(self, conn: Any, messages: Sequence[Claimed]) -> None:
+        """Give claimed but unsent messages back (PostgreSQL)."""
+        conn.execute(
+            "UPDATE outmessage SET status = 'queued', claimed_until = NULL, claimed_by = NULL "
+            "WHERE status = 'sending' AND claimed_by = %s AND id = ANY(%s)",
+            (self._claimer_id(), [m.id for m in messages]))
+
     @staticmethod
     def _checkpoint(conn: sqlite3.Connection) -> None:
         """Copy what the WAL holds back into the database, without waiting for readers.
@@ -586,12 +668,14 @@ class Outbox:
         """Record one delivery (on the mark lane); a failure is logged, never raised."""
         try:
             with self._writing:
+                p = self.db.param
                 conn.execute(
-                    "UPDATE outmessage SET status = 'sent', sent_at = ?, claimed_until = NULL, "
-                    "attempts = attempts + 1 WHERE id = ?", (at, msg.id))
-        except sqlite3.Error:
+                    f"UPDATE outmessage SET status = 'sent', sent_at = {p}, claimed_until = NULL, "
+                    f"attempts = attempts + 1 WHERE id = {p}", (at, msg.id))
+        except Exception:
             # It went out; unmarked, it will be sent again once its lease ends.
             log.exception("could not mark the email to %s as sent", msg.recipient)
+            self._lost = self._postgres
 
     async def deliver(self, transport: Transport, now: datetime, concurrency: int = 1,
                       transports: Sequence[Transport] = (),
@@ -604,6 +688,7 @@ class Outbox:
         SIGTERM end a long run between two messages.
         """
         report = Report()
+        self._lost = False
         clock = clock or (lambda: now)
         stop = should_stop or (lambda: False)
         workers = [transport, *transports][: max(1, concurrency)]
@@ -647,7 +732,7 @@ class Outbox:
         try:
             while len(queue) > keep:
                 now = clock()
-                if now >= lease_end or stop():
+                if now >= lease_end or stop() or self._lost:
                     return  # what is left stays claimed until the lease ends, then is re-sent
                 if self.urgent:
                     # The lead's reminder was queued during this drain: it goes next, not
@@ -697,7 +782,7 @@ class Outbox:
     def _mine(self, msg: Claimed) -> Any:
         """Write back only a claim that is still ours (another sender may have taken it)."""
         return ((OutMessage.id == msg.id) & (OutMessage.status == "sending")
-                & (OutMessage.claimed_by == os.getpid()))
+                & (OutMessage.claimed_by == self._claimer_id()))
 
     def _expired(self, msg: Claimed, now: datetime, report: Report) -> None:
         with self.db.atomic():

@@ -16,7 +16,7 @@ from . import alerts, posting
 from . import incidents as inc
 from .clock import format_duration, parse_duration
 from .errors import InvalidInput, MailflowError
-from .models import Due, Incident, OutMessage
+from .models import Due, Incident, OutMessage, is_postgres
 
 if TYPE_CHECKING:
     from .app import Mailflow
@@ -53,6 +53,10 @@ def run_due(app: Mailflow, now: datetime) -> TickReport:
             label = f"{due.kind} {due.key} of INC-{due.incident_id}"
             try:
                 with app.db.atomic("IMMEDIATE"):
+                    if is_postgres(app.db) and Due.select(Due.id).where(
+                            (Due.id == due.id) & Due.done_at.is_null()).for_update(
+                            "FOR UPDATE SKIP LOCKED").first() is None:  # type: ignore[arg-type]
+                        continue  # another instance is doing it right now
                     # Claim: if another process did it meanwhile, the update touches no row.
                     claimed = Due.update(done_at=now, outcome="done").where(
                         (Due.id == due.id) & Due.done_at.is_null()).execute()

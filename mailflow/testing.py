@@ -12,6 +12,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
@@ -44,13 +45,15 @@ services:
 """
 
 
-def write_config(folder: Path, port: int | None, extra: str = "") -> Path:
-    """A mailflow.toml in `folder` sending to 127.0.0.1:port (Maildir when port is None)."""
+def write_config(folder: Path, port: int | None, extra: str = "",
+                 database: str = "state/mailflow.db") -> Path:
+    """A mailflow.toml in `folder` sending to 127.0.0.1:port (Maildir when port is None);
+    `database` a SQLite path or a postgresql:// URL."""
     outbound = (f'[outbound]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n'
                 if port else "")
     path = folder / "mailflow.toml"
     path.write_text(
-        'database = "state/mailflow.db"\ncontacts = "contacts.yaml"\n'
+        f'database = "{database}"\ncontacts = "contacts.yaml"\n'
         'from = "Incident Desk <incidents@example.org>"\nreply_to = "incidents@example.org"\n'
         f'secret = "test-secret-0123456789"\n{extra}\n{outbound}',
         encoding="utf-8",
@@ -197,6 +200,7 @@ class CrashReport:
     emails_duplicated: int = 0
     crashes: int = 0
     connections: int = 1  # the daemon's [outbound] concurrency
+    temporary: int = 0  # 4xx answers to replies (the sender retried them)
 
     @property
     def duplicate_bound(self) -> int:
@@ -215,7 +219,7 @@ class CrashReport:
                 f"{self.replies_found} | emails queued {self.emails_queued} delivered "
                 f"{self.emails_delivered} duplicated {self.emails_duplicated} missing "
                 f"{self.emails_missing} | crashes {self.crashes} x {self.connections} "
-                f"connection(s) | "
+                f"connection(s) 4xx {self.temporary} | "
                 f"{'OK' if self.ok else 'BROKEN'}")
 
 
@@ -269,11 +273,15 @@ class _Daemon:
 
 def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int = 4,
                        replies_each: int = 50, recipients: int = 200, crashes: int = 3,
-                       seed: int = 0) -> CrashReport:
+                       seed: int = 0, daemons: int = 1,
+                       outage: Callable[[], None] | None = None) -> CrashReport:
     """Replies and a fan-out while the daemon is `kill -9`ed at random moments.
 
     `folder` holds `config`, whose relay is `sink` and whose contacts know bob@example.org;
     the incident is declared here, its start email fanning out to `recipients` people.
+    With `daemons` > 1 (on PostgreSQL), sender n talks to daemon n mod `daemons`, and each
+    crash kills one of them at random; `outage`, when given, is called once before the
+    first crash, while replies are arriving (e.g. restarting the database server).
     """
     import random
     import smtplib
@@ -299,7 +307,8 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
     report = CrashReport(connections=cfg.outbound.concurrency)
     acked: set[str] = set()
     lock = threading.Lock()
-    state: dict[str, Any] = {"daemon": _Daemon(config), "stop": False}
+    state: dict[str, Any] = {"daemons": [_Daemon(config) for _ in range(daemons)],
+                             "stop": False}
 
     def sender(who: int) -> None:
         for i in range(replies_each):
@@ -313,24 +322,31 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
             with lock:
                 report.replies_sent += 1
             for _ in range(200):  # an MTA retries the same message until it gets a 250
-                port = state["daemon"].port
+                port = state["daemons"][who % daemons].port
                 try:
                     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
                         smtp.sendmail("bob@example.org", [to], data)
                     with lock:
                         acked.add(text)
                     break
-                except (OSError, smtplib.SMTPException):
+                except (OSError, smtplib.SMTPException) as exc:
+                    if isinstance(exc, smtplib.SMTPResponseException) and \
+                            400 <= exc.smtp_code < 500:
+                        with lock:
+                            report.temporary += 1
                     time.sleep(0.05)
 
     threads = [threading.Thread(target=sender, args=(n,)) for n in range(senders)]
     for t in threads:
         t.start()
-    for _ in range(crashes):
+    for crash in range(crashes):
         time.sleep(rng.uniform(0.3, 1.2))
-        state["daemon"].kill()
+        if crash == 0 and outage is not None:
+            outage()  # while the senders keep sending
+        victim = rng.randrange(daemons)
+        state["daemons"][victim].kill()
         report.crashes += 1
-        state["daemon"] = _Daemon(config)
+        state["daemons"][victim] = _Daemon(config)
     for t in threads:
         t.join(120)
 
@@ -339,9 +355,10 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
     deadline = time.monotonic() + 60
     while app.outbox.pending() and time.monotonic() < deadline:
         time.sleep(0.1)
-    exit_code = state["daemon"].stop()
-    if exit_code != 0:
-        raise RuntimeError(f"daemon exited {exit_code} on SIGTERM")
+    for daemon in state["daemons"]:
+        exit_code = daemon.stop()
+        if exit_code != 0:
+            raise RuntimeError(f"daemon exited {exit_code} on SIGTERM")
 
     posted = [e.text for e in Entry.select().where(
         (Entry.incident == incident.id) & (Entry.kind == "update"))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +28,19 @@ def sink() -> Iterator[Sink]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, sink: Sink) -> Path:
-    """A folder with mailflow.toml (relay = the sink) and the example contacts.yaml."""
-    write_config(tmp_path, sink.port)
+def backend() -> str:
+    """The database the `project` uses; modules that run on both override it with params.
+    MAILFLOW_TEST_BACKEND=postgresql runs the rest on PostgreSQL too (by hand)."""
+    return os.environ.get("MAILFLOW_TEST_BACKEND", "sqlite")
+
+
+@pytest.fixture
+def project(tmp_path: Path, sink: Sink, backend: str, request: pytest.FixtureRequest) -> Path:
+    """A folder with mailflow.toml (relay = the sink) and the example contacts.yaml; its
+    database a SQLite file, or a fresh PostgreSQL database when `backend` is postgresql."""
+    database = request.getfixturevalue("pg_url") if backend == "postgresql" \
+        else "state/mailflow.db"
+    write_config(tmp_path, sink.port, database=database)
     return tmp_path
 
 
@@ -72,3 +83,23 @@ def dovecot() -> Iterator[object]:
     server.start()
     yield server
     server.close()
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server for the whole session, data in a temp dir, loopback port."""
+    from .postgres import Postgres
+
+    server = Postgres()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(postgres_server: Any) -> str:
+    """The URL of a new, empty PostgreSQL database for this test."""
+    return str(postgres_server.fresh())

@@ -128,10 +128,10 @@ class InboundServer:
     """mailflow's inbound server exactly as the daemon runs it (`listen`: every limit of
     [inbound]), on its own event loop in a thread, with a clock the test sets."""
 
-    def __init__(self, app: Mailflow, now: datetime) -> None:
+    def __init__(self, app: Mailflow, now: datetime, apply_after: bool = False) -> None:
         self.app = app
         self.now = now
-        self.handler = InboundHandler(app, now=lambda: self.now)
+        self.handler = InboundHandler(app, now=lambda: self.now, apply_after=apply_after)
         self.gate = Gate(app.config.inbound)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -15,14 +15,16 @@ import pytest
 from mailflow.config import load_config
 from mailflow.testing import Sink, run_crash_scenario
 
-from .conftest import write_config
+from .conftest import BACKENDS, write_config
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("seed", "concurrency"), [(1, None), (2, 1)])
-def test_kill_9_loses_nothing(tmp_path: Path, sink: Sink, seed: int,
-                              concurrency: int | None) -> None:
-    config = write_config(tmp_path, sink.port)
+def test_kill_9_loses_nothing(tmp_path: Path, sink: Sink, seed: int, concurrency: int | None,
+                              backend: str, request: pytest.FixtureRequest) -> None:
+    database = request.getfixturevalue("pg_url") if backend == "postgresql" \
+        else "state/mailflow.db"
+    config = write_config(tmp_path, sink.port, database=database)
     if concurrency is not None:
         config.write_text(config.read_text() + f"concurrency = {concurrency}\n")
     connections = load_config(config).outbound.concurrency
@@ -40,3 +42,9 @@ def test_kill_9_loses_nothing(tmp_path: Path, sink: Sink, seed: int,
     assert report.emails_queued > 200, "the start and the update fanned out"
     assert report.emails_duplicated <= report.crashes * connections, \
         "at most one duplicate per connection per crash"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here that uses a project runs on SQLite and on PostgreSQL."""
+    return str(request.param)

@@ -19,11 +19,18 @@ from mailflow.inbound import InboundHandler
 from mailflow.models import Entry, ImapMessage, Incident, InMessage
 from mailflow.testing import Sink
 
-from .conftest import T0
+from .conftest import BACKENDS, T0
 from .dovecot import Dovecot
 from .helpers import NOW, by_rcpt, declare
 
 POSTED, REFUSED, IGNORED = "mailflow/posted", "mailflow/refused", "mailflow/ignored"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each mailbox test runs on SQLite and on PostgreSQL (several daemons may read one
+    mailbox; what was applied is kept in the shared database)."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -309,7 +316,7 @@ def test_the_daemon_logs_in_to_the_mailbox_with_a_refreshed_oauth2_token(
             imap=replace(mailbox_app.config.imap, port=server.port, password=""),
             oauth2=OAuth2(provider="generic", client_id="mailflow",
                           token_endpoint=httpserver.url + "/token"))
-        save(token_path(mailbox_app.config.database.parent),
+        save(token_path(mailbox_app.config.state_dir()),
              {"refresh_token": "the-refresh-token", "access_token": "",
               "expires_at": "2000-01-01T00:00:00+00:00"})
         token = Daemon(mailbox_app).imap_token

@@ -21,7 +21,14 @@ def loaded_after(code: str, cwd: Path | None = None) -> set[str]:
              f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=ENV, check=True,
                          capture_output=True, text=True).stdout
-    return set(json.loads(out.splitlines()[-1]))
+    return set(json.loads(out.splitlines()[-1])) - _BASELINE
+
+
+# What `import click, peewee` loads itself is not mailflow's to avoid: peewee imports psycopg,
+# and psycopg asyncio, whenever psycopg is installed (the PostgreSQL extra). The start-up
+# target is measured against that same import.
+_BASELINE: set[str] = set()
+_BASELINE = loaded_after("import click, peewee")
 
 
 def test_importing_the_cli_loads_no_heavy_library() -> None:

@@ -13,7 +13,7 @@ from mailflow.errors import InvalidInput, NotFound
 from mailflow.models import Entry, Incident, OutMessage, Recipient
 from mailflow.testing import Sink
 
-from .conftest import T0
+from .conftest import BACKENDS, T0
 from .helpers import GREEN, ORANGE, by_rcpt, declare, highlighted, html_of, text_of
 
 
@@ -220,3 +220,9 @@ def test_a_stale_copy_cannot_reopen_a_resolved_incident(app: Mailflow, sink: Sin
         inc.send_update(app, stale, T0 + timedelta(minutes=31))
     fresh = Incident.get_by_id(stale.id)
     assert fresh.status == "resolved" and fresh.next_comm_at is None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here that uses a project runs on SQLite and on PostgreSQL."""
+    return str(request.param)

@@ -31,7 +31,7 @@ from mailflow.render import _Markers, _Part, _qp
 from mailflow.scheduler import tick
 from mailflow.testing import Sink, SinkHandler
 
-from .conftest import T0, write_config
+from .conftest import BACKENDS, T0, write_config
 from .helpers import declare, text_of
 
 
@@ -322,3 +322,9 @@ def test_smtp_transport_sends_the_bytes_it_is_given(sink: Sink, raw: bytes,
     asyncio.run(send())
     assert [r.data for r in sink.received] == [received, received]
     assert [r.rcpt_tos for r in sink.received] == [["ana@example.org"], ["bob@example.org"]]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both databases."""
+    return str(request.param)

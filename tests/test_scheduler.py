@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from mailflow import incidents as inc
 from mailflow.app import Mailflow
 from mailflow.config import load_config
@@ -11,7 +13,7 @@ from mailflow.models import Due, Entry, Incident
 from mailflow.scheduler import tick
 from mailflow.testing import Sink
 
-from .conftest import T0
+from .conftest import BACKENDS, T0
 from .helpers import ORANGE, by_rcpt, declare, highlighted, html_of, text_of
 
 
@@ -185,3 +187,9 @@ def test_severity_back_and_forth_keeps_the_escalations(project, sink: Sink) -> N
     inc.change(app, Incident.get_by_id(incident.id), at(minutes=20), "ana", severity="P1")
     assert pending() == ["1d", "4h"], "the cancelled 1 d escalation is planned again"
     app.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here that uses a project runs on SQLite and on PostgreSQL."""
+    return str(request.param)

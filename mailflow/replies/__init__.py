@@ -8,6 +8,8 @@ an exception here would lose the mail).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import compat32
 
 from .. import quotes as _quotes
 from ..commands import Command, LookAlike, Refused, parse, parse_commands
@@ -22,6 +24,7 @@ __all__ = [
     "Command",
     "Reply",
     "extract_text",
+    "header_sender",
     "html_to_text",
     "parse_commands",
     "parse_reply",
@@ -111,6 +114,16 @@ def _parse_reply(raw: bytes, envelope_from: str | None) -> Reply:
         refused=parsed.refused,
         lookalikes=parsed.lookalikes,
     )
+
+
+def header_sender(raw: bytes) -> str:
+    """The From address of a raw message, as `parse_reply` reads it, from its headers alone."""
+    try:
+        msg = BytesParser(policy=compat32).parsebytes(_to_bytes(raw)[:MAX_RAW_BYTES],
+                                                      headersonly=True)
+        return _parse_from(_header(msg, "from"))[1]
+    except Exception:  # as parse_reply: unreadable headers give no sender
+        return ""
 
 
 def parse_reply(raw: bytes, envelope_from: str | None = None) -> Reply:
