@@ -49,10 +49,8 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +59,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.postgres: the throw-away server of the test suite
 
-from replies import TAG, Reply, Result, make_reply, send  # noqa: E402  (bench/replies.py)
+import replies as replies_bench  # noqa: E402  (bench/replies.py)
+from replies import TAG, make_reply, send  # noqa: E402
+from replies import load as replies_load  # noqa: E402
 
 from mailflow import clock, tokens  # noqa: E402
 from mailflow import incidents as inc  # noqa: E402
@@ -114,17 +114,11 @@ def serve_sink() -> None:
                 print("ok", flush=True)
 
 
-class SinkProcess:
+class SinkProcess(replies_bench.SinkProcess):
     """The stamping Sink in a child process (no GIL shared with the senders)."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-sink"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        first = self._line().split()
-        if len(first) != 2 or first[0] != "PORT":
-            self.stop()
-            raise SystemExit(f"the sink process did not start (said {first!r})")
-        self.port = int(first[1])
+        super().__init__(__file__)
 
     def _line(self) -> str:
         assert self.proc.stdout is not None
@@ -134,11 +128,6 @@ class SinkProcess:
         assert self.proc.stdin is not None
         self.proc.stdin.write(cmd + "\n")
         self.proc.stdin.flush()
-
-    def count(self) -> int:
-        """Messages the sink holds."""
-        self._ask("count")
-        return int(self._line())
 
     def dump(self) -> list[tuple[float, str]]:
         """(arrival stamp, Message-ID) of every message held."""
@@ -153,16 +142,6 @@ class SinkProcess:
         """Forget what was received."""
         self._ask("clear")
         self._line()
-
-    def stop(self) -> int:
-        """Close its stdin (it exits); its exit code."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
 
 
 # --- the project ----------------------------------------------------------------------------
@@ -205,45 +184,6 @@ def make_project(folder: Path, sink: SinkProcess, url: str, n: int
 
 
 # --- the two measurements -------------------------------------------------------------------
-
-@dataclass
-class Replies:
-    """One replies run: what each reply got, and the wall time."""
-
-    results: list[Result]
-    wall: float
-
-    @property
-    def accepted(self) -> list[Result]:
-        return [r for r in self.results if r.code == 250]
-
-    @property
-    def rate(self) -> float:
-        return len(self.accepted) / self.wall
-
-
-def load(ports: list[int], to: str, per_sender: list[list[Reply]]) -> Replies:
-    """All senders at once, sender i to ports[i mod len(ports)]; wall time to the last QUIT."""
-    results: list[Result] = []
-    lock = threading.Lock()
-    go = threading.Barrier(len(per_sender) + 1)
-
-    def worker(port: int, replies: list[Reply]) -> None:
-        go.wait()
-        mine = [send(port, to, r) for r in replies]
-        with lock:
-            results.extend(mine)
-
-    threads = [threading.Thread(target=worker, args=(ports[i % len(ports)], rs), daemon=True)
-               for i, rs in enumerate(per_sender)]
-    for t in threads:
-        t.start()
-    go.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return Replies(results, time.perf_counter() - t0)
-
 
 @dataclass
 class Fanout:
@@ -366,7 +306,7 @@ def main() -> None:
           f"PostgreSQL; python {sys.version.split()[0]}; {load_average()}", flush=True)
 
     problems: list[str] = []
-    rows: list[tuple[int, dict[str, Replies], dict[str, Fanout]]] = []
+    rows: list[tuple[int, dict[str, replies_bench.Run], dict[str, Fanout]]] = []
     pg = Postgres()
     sink: SinkProcess | None = None
     a: _Daemon | None = None
@@ -396,7 +336,7 @@ def main() -> None:
             seq = 0
             for rep in range(1, args.repeat + 1):
                 order = ("one", "two") if rep % 2 else ("two", "one")
-                replies: dict[str, Replies] = {}
+                replies: dict[str, replies_bench.Run] = {}
                 fans: dict[str, Fanout] = {}
                 for phase in order:
                     if phase == "two":
@@ -407,8 +347,8 @@ def main() -> None:
                                    for q in range(args.replies)] for s in range(args.senders)]
                     seq += args.replies
                     settle(app, len(accepted))
-                    replies[phase] = load([p for p in ports if p is not None], address,
-                                          per_sender)
+                    replies[phase] = replies_load([p for p in ports if p is not None], address,
+                                                  per_sender)
                     accepted |= {r.ref for r in replies[phase].accepted}
                     settle(app, len(accepted))
                     fans[phase] = fanout(app, incident_id, sink)

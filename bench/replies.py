@@ -163,8 +163,9 @@ class SinkProcess:
 
     name = "sink"
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-sink"],
+    def __init__(self, script: str = __file__) -> None:
+        # `script --serve-sink` runs the child (bench/ha.py passes its own stamping sink).
+        self.proc = subprocess.Popen([sys.executable, script, "--serve-sink"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline().split()
@@ -297,19 +298,22 @@ class Run:
         return 1000 * (statistics.quantiles(lat, n=100)[q - 1] if len(lat) > 1 else lat[0])
 
 
-def load(port: int, to: str, per_sender: list[list[Reply]]) -> Run:
-    """All senders at once, each its replies one after another; wall time to the last QUIT."""
+def load(ports: list[int], to: str, per_sender: list[list[Reply]]) -> Run:
+    """All senders at once, each its replies one after another, sender i to
+    ports[i mod len(ports)] (bench/ha.py spreads them over two daemons); wall time to the
+    last QUIT."""
     results: list[Result] = []
     lock = threading.Lock()
     go = threading.Barrier(len(per_sender) + 1)
 
-    def worker(replies: list[Reply]) -> None:
+    def worker(port: int, replies: list[Reply]) -> None:
         go.wait()
         mine = [send(port, to, r) for r in replies]
         with lock:
             results.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(rs,), daemon=True) for rs in per_sender]
+    threads = [threading.Thread(target=worker, args=(ports[i % len(ports)], rs), daemon=True)
+               for i, rs in enumerate(per_sender)]
     for t in threads:
         t.start()
     go.wait()
@@ -422,8 +426,8 @@ def main() -> None:
                     raise SystemExit(f"{server.name} refused the warm-up reply ({first.code} "
                                      f"{first.error})")
             for rep, per_sender in enumerate(loads, 1):
-                base.append(load(sink.port, address, per_sender))
-                runs.append(load(daemon.port, address, per_sender))
+                base.append(load([sink.port], address, per_sender))
+                runs.append(load([daemon.port], address, per_sender))
                 # The next run starts once the daemon has applied this one: applying in the
                 # background must not slow the sink's run, nor the next one's.
                 runs[-1].applied = wait_applied(database)
