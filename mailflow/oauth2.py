@@ -8,13 +8,15 @@ before they expire, and `xoauth2` builds the SASL string that IMAP and SMTP send
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -152,7 +154,10 @@ class TokenSource:
     def __init__(self, settings: OAuth2, path: Path,
                  now: Callable[[], datetime] = clock.now) -> None:
         self.settings, self.path, self.now = settings, path, now
-        self._lock = threading.Lock()
+        # One lock per token file, shared by every source on it (outbound mail builds one
+        # per delivery, the IMAP reader its own): a provider that rotates refresh tokens
+        # must never be sent one that another refresh has already used.
+        self._lock = _file_lock(path)
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -169,7 +174,7 @@ class TokenSource:
 
     def __call__(self) -> str:
         """The current access token, refreshed first when it expires within EARLY."""
-        with self._lock:
+        with self._lock, _across_processes(self.path):
             data = self._load()
             now = self.now()
             expires = data.get("expires_at")
@@ -186,6 +191,31 @@ class TokenSource:
             answer = _post(s.endpoint, form)
             save(self.path, stored(answer, now, data["refresh_token"]))
             return str(answer["access_token"])
+
+
+_FILE_LOCKS: dict[Path, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    """The in-process lock of one token file."""
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
+@contextlib.contextmanager
+def _across_processes(path: Path) -> Iterator[None]:
+    """Hold an flock on `<token file>.lock` (0600): the daemon and a CLI command sending
+    mail at the same moment refresh once, the second reading what the first saved."""
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # no folder, so no token either
+        raise OAuth2Error(f"{path}: no OAuth2 token yet; run `mailflow oauth2 login`") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def stored(answer: dict[str, Any], now: datetime, refresh_token: str = "") -> dict[str, Any]:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import stat
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -193,3 +194,29 @@ def test_login_generic_stores_the_token_0600_and_proves_it(tmp_path: Path,
     assert "signed in" in result.output and mode(path) == 0o600
     assert json.loads(path.read_text())["access_token"] == "first-token"
     assert httpserver.requests[0].form["refresh_token"] == "my-refresh"
+
+
+def test_two_sources_on_one_file_refresh_once(tmp_path: Path, httpserver: Any) -> None:
+    # Outbound mail and the IMAP reader each hold a source; a provider that rotates refresh
+    # tokens must not be sent r1 twice (the second refresh would be refused).
+    path = token_path(tmp_path)
+    save(path, {"refresh_token": "r1", "access_token": "old",
+                "expires_at": T0.isoformat()})  # expired: the next call refreshes
+    grant(httpserver, "new", refresh="r2")
+    sources = [TokenSource(settings(httpserver.url), path, now=lambda: T0) for _ in range(2)]
+    start = threading.Barrier(8)
+    got: list[str] = []
+
+    def call(source: TokenSource) -> None:
+        start.wait()
+        got.append(source())
+
+    threads = [threading.Thread(target=call, args=(sources[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == ["new"] * 8
+    assert [r.form["refresh_token"] for r in httpserver.requests] == ["r1"]
+    assert json.loads(path.read_text())["refresh_token"] == "r2"
+    assert mode(path.with_name(path.name + ".lock")) == 0o600
