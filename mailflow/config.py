@@ -329,11 +329,12 @@ class Config:
     oauth2: OAuth2 | None = None  # [oauth2]: XOAUTH2 for the relay and the mailbox
 
     def state_dir(self) -> Path:
-        """Where files of this instance's own live (the OAuth2 token): beside the SQLite file,
-        or beside mailflow.toml when the database is a PostgreSQL URL."""
+        """Where files of this host's own live (the OAuth2 token): beside the SQLite file, or
+        with a PostgreSQL URL beside the Maildir (/var/lib/mailflow in a system install: the
+        unit's one writable folder, where /etc/mailflow is read-only)."""
         if isinstance(self.database, Path):
             return self.database.parent
-        return self.path.parent if self.path else Path.cwd()
+        return self.maildir.parent
 
     def secrets(self, now: datetime) -> tuple[str, ...]:
         """Secrets whose tokens are accepted at `now`: the current one, and during the

@@ -40,7 +40,7 @@ def _settings(state: Any) -> tuple[oauth2.OAuth2, Any]:
 @pass_state
 def login(state: Any) -> None:
     """Sign in once; the refresh token is stored 0600 beside the database
-    (beside mailflow.toml with a PostgreSQL database).
+    (beside the Maildir with a PostgreSQL database).
 
     \b
     microsoft: a device code to enter at the address shown (MSAL)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from mailflow.app import Mailflow
 from mailflow.cli import cli
-from mailflow.config import Outbound, load_config
+from mailflow.config import Outbound, config_from_dict, load_config
 from mailflow.errors import ConfigError
 from mailflow.oauth2 import OAuth2, OAuth2Error, TokenSource, save, token_path, xoauth2
 from mailflow.outbox import RelayDown, SMTPTransport
@@ -220,3 +220,14 @@ def test_two_sources_on_one_file_refresh_once(tmp_path: Path, httpserver: Any) -
     assert [r.form["refresh_token"] for r in httpserver.requests] == ["r1"]
     assert json.loads(path.read_text())["refresh_token"] == "r2"
     assert mode(path.with_name(path.name + ".lock")) == 0o600
+
+
+def test_with_postgresql_the_token_lives_in_the_state_folder_not_etc(tmp_path: Path) -> None:
+    # The systemd unit makes /etc/mailflow read-only; the Maildir's folder is its state folder.
+    config = config_from_dict({"database": "postgresql://mailflow@db.example.org/mailflow",
+                               "maildir": str(tmp_path / "state" / "mail"), "secret": "s" * 20},
+                              tmp_path / "etc" / "mailflow.toml")
+    assert token_path(config.state_dir()) == tmp_path / "state" / "oauth2-token.json"
+    sqlite = config_from_dict({"database": str(tmp_path / "db" / "mailflow.db"),
+                               "secret": "s" * 20}, tmp_path / "etc" / "mailflow.toml")
+    assert token_path(sqlite.state_dir()) == tmp_path / "db" / "oauth2-token.json"
