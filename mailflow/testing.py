@@ -187,7 +187,7 @@ class Sink:
 
 @dataclass
 class CrashReport:
-    """What a crash run saw; `ok` holds the promises of PRODUCT.md's last section."""
+    """What a crash run saw; `ok` holds the README's delivery guarantees."""
 
     replies_sent: int = 0
     replies_acked: int = 0

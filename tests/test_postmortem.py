@@ -1,4 +1,4 @@
-"""The postmortem draft of a resolved incident: seeds/002 sections filled from the timeline."""
+"""The postmortem draft of a resolved incident: the sections of the postmortem template filled from the timeline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Roles, handover, severity changes and the two grades of resolution (seeds/001, 003, 004)."""
+"""Roles, handover, severity changes and the two grades of resolution."""
 
 from __future__ import annotations
 
