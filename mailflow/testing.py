@@ -198,6 +198,9 @@ class CrashReport:
     emails_delivered: int = 0
     emails_missing: int = 0
     emails_duplicated: int = 0
+    escalations: int = 0  # with `escalation_due`: escalation entries in the timeline
+    escalation_emails: int = 0  # the emails they queued
+    escalation_emails_delivered: int = 0  # of those, how many reached the relay (at least once)
     crashes: int = 0
     connections: int = 1  # the daemon's [outbound] concurrency
     temporary: int = 0  # 4xx answers to replies (the sender retried them)
@@ -219,7 +222,7 @@ class CrashReport:
                 f"{self.replies_found} | emails queued {self.emails_queued} delivered "
                 f"{self.emails_delivered} duplicated {self.emails_duplicated} missing "
                 f"{self.emails_missing} | crashes {self.crashes} x {self.connections} "
-                f"connection(s) 4xx {self.temporary} | "
+                f"connection(s) 4xx {self.temporary} | escalations {self.escalations} | "
                 f"{'OK' if self.ok else 'BROKEN'}")
 
 
@@ -274,14 +277,17 @@ class _Daemon:
 def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int = 4,
                        replies_each: int = 50, recipients: int = 200, crashes: int = 3,
                        seed: int = 0, daemons: int = 1,
-                       outage: Callable[[], None] | None = None) -> CrashReport:
+                       outage: Callable[[], None] | None = None,
+                       escalation_due: bool = False) -> CrashReport:
     """Replies and a fan-out while the daemon is `kill -9`ed at random moments.
 
     `folder` holds `config`, whose relay is `sink` and whose contacts know bob@example.org;
     the incident is declared here, its start email fanning out to `recipients` people.
     With `daemons` > 1 (on PostgreSQL), sender n talks to daemon n mod `daemons`, and each
     crash kills one of them at random; `outage`, when given, is called once before the
-    first crash, while replies are arriving (e.g. restarting the database server).
+    first crash, while replies are arriving (e.g. restarting the database server). With
+    `escalation_due` the incident's first escalation (4 h) is made due at once, so that it
+    falls due while the daemons are being killed: it must happen once and be delivered.
     """
     import random
     import smtplib
@@ -291,7 +297,7 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
     from . import incidents as inc
     from .app import Mailflow
     from .config import load_config
-    from .models import Entry, InMessage, OutMessage
+    from .models import Due, Entry, InMessage, OutMessage
     from .tokens import reply_address
 
     rng = random.Random(seed)
@@ -302,6 +308,11 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
                            summary="crash test", lead="ana@example.org",
                            impacted=[f"user{i}@example.org" for i in range(recipients)])
     to = reply_address(cfg.reply_local, cfg.reply_domain, incident.id, cfg.secret)
+    if escalation_due:
+        first = Due.select().where((Due.incident == incident.id) & (Due.kind == "escalate")
+                                   ).order_by(Due.due_at).first()
+        assert first is not None, "the service escalates"
+        Due.update(due_at=now).where(Due.id == first.id).execute()
     app.close()
 
     report = CrashReport(connections=cfg.outbound.concurrency)
@@ -381,5 +392,11 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
     report.emails_delivered = len(set(got) & queued)
     report.emails_missing = len(queued - set(got))
     report.emails_duplicated = sum(n - 1 for n in got.values())
+    report.escalations = Entry.select().where(
+        (Entry.incident == incident.id) & (Entry.kind == "escalation")).count()
+    escalated = {m.message_id for m in OutMessage.select().where(
+        (OutMessage.incident == incident.id) & (OutMessage.kind == "escalation"))}
+    report.escalation_emails = len(escalated)
+    report.escalation_emails_delivered = len(escalated & set(got))
     app.close()
     return report

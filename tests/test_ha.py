@@ -139,7 +139,7 @@ def test_two_daemons_kill_9_and_a_database_restart_lose_nothing(
     config = write_config(tmp_path, sink.port, database=pg_url)
     report = run_crash_scenario(tmp_path, config, sink, senders=4, replies_each=30,
                                 recipients=200, crashes=3, seed=7, daemons=2,
-                                outage=restart)
+                                outage=restart, escalation_due=True)
     print(report.line())
     assert report.crashes == 3
     assert report.replies_acked == report.replies_sent, "replies in the gap were retried"
@@ -147,6 +147,11 @@ def test_two_daemons_kill_9_and_a_database_restart_lose_nothing(
     assert report.posted_twice == []
     assert report.emails_missing == 0 and report.emails_queued > 200
     assert report.temporary > 0, "the restart happened while replies arrived"
+    # The 4 h escalation fell due as the daemons started, amid the kills: it happened once,
+    # whichever daemon held the scheduler, and its emails (management and the lead) went out.
+    assert report.escalations == 1
+    assert report.escalation_emails == 2
+    assert report.escalation_emails_delivered == 2
     # The README's bound, per outbound connection ([outbound] concurrency, 2 by default): one
     # per crash, and up to two per daemon for the restart (the message whose mark was lost,
     # and the next one already past its envelope).
