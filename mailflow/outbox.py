@@ -419,8 +419,10 @@ class _Lane:
                     done.set_result(job(conn, *args))
                 except BaseException as exc:  # handed to whoever waits for the job
                     done.set_exception(exc)
-                    if conn is not None and getattr(conn, "broken", False):
-                        # The PostgreSQL server dropped it: connect again at the next job.
+                    if conn is not None and (getattr(conn, "broken", False)
+                                             or getattr(conn, "closed", False)):
+                        # The PostgreSQL server dropped it (broken, or closed once its
+                        # termination notice was read): connect again at the next job.
                         with contextlib.suppress(Exception):
                             conn.close()
                         conn = None
