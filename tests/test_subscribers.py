@@ -107,6 +107,8 @@ def test_subscribe_confirm_publish_and_one_click_unsubscribe(tmp_path: Path,
         assert BASE not in run(tmp_path, "subscribers")
 
         declare_and_publish(tmp_path, "Learn is down; we are restoring it")
+        # The daemon sends it: wait for it rather than read the sink at once.
+        wait_for(lambda: len(to(sink, "zoe@outside.example")) == 2, what="the update")
         update = to(sink, "zoe@outside.example")[-1]
         assert "Learn is down; we are restoring it" in text_of(update)
         # Only public words: not the internal summary, no name, no address of the team.
