@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -149,15 +148,11 @@ def _post(url: str, form: dict[str, str]) -> dict[str, Any]:
 
 
 class TokenSource:
-    """A callable giving a valid access token, refreshed before it expires (thread-safe)."""
+    """A callable giving a valid access token, refreshed before it expires (one refresh at once)."""
 
     def __init__(self, settings: OAuth2, path: Path,
                  now: Callable[[], datetime] = clock.now) -> None:
         self.settings, self.path, self.now = settings, path, now
-        # One lock per token file, shared by every source on it (outbound mail builds one
-        # per delivery, the IMAP reader its own): a provider that rotates refresh tokens
-        # must never be sent one that another refresh has already used.
-        self._lock = _file_lock(path)
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -174,7 +169,10 @@ class TokenSource:
 
     def __call__(self) -> str:
         """The current access token, refreshed first when it expires within EARLY."""
-        with self._lock, _across_processes(self.path):
+        # One refresh at a time per token file, for every source on it (outbound mail builds
+        # one per delivery, the IMAP reader its own, a CLI command another): a provider that
+        # rotates refresh tokens must never be sent one that another refresh already used.
+        with _token_file_lock(self.path):
             data = self._load()
             now = self.now()
             expires = data.get("expires_at")
@@ -193,20 +191,11 @@ class TokenSource:
             return str(answer["access_token"])
 
 
-_FILE_LOCKS: dict[Path, threading.Lock] = {}
-_FILE_LOCKS_GUARD = threading.Lock()
-
-
-def _file_lock(path: Path) -> threading.Lock:
-    """The in-process lock of one token file."""
-    with _FILE_LOCKS_GUARD:
-        return _FILE_LOCKS.setdefault(path.resolve(), threading.Lock())
-
-
 @contextlib.contextmanager
-def _across_processes(path: Path) -> Iterator[None]:
-    """Hold an flock on `<token file>.lock` (0600): the daemon and a CLI command sending
-    mail at the same moment refresh once, the second reading what the first saved."""
+def _token_file_lock(path: Path) -> Iterator[None]:
+    """Hold an flock on `<token file>.lock` (0600). Each call opens the file anew, and
+    flock locks belong to the open file, so this serialises threads of one process as well
+    as processes: the second caller reads what the first saved."""
     try:
         fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:  # no folder, so no token either
