@@ -12,7 +12,7 @@ queued email reached the sink, and no more duplicates than one per connection pe
 two daemons on one database, replies spread over both, each crash kills one of them, the
 database server is restarted once mid-way (replies in the gap get 4xx and are retried),
 and the incident's 4 h escalation falls due amid the kills. Its "OK" also needs exactly
-one escalation, all of its emails delivered, and allows two more duplicates per daemon and
+one escalation, all of its emails delivered, and allows one more duplicate per daemon and
 connection for the restart. E.g. `python bench/crash.py --postgresql --senders 4
 --replies 100 --recipients 500 --crashes 3`.
 """
@@ -66,11 +66,8 @@ def main() -> int:
                         folder, config, sink, senders=args.senders, replies_each=args.replies,
                         recipients=args.recipients, crashes=args.crashes, seed=run, daemons=2,
                         outage=restart, escalation_due=True)
-                    ok = (not report.acked_missing and not report.posted_twice
-                          and not report.emails_missing and report.escalations == 1
-                          and report.escalation_emails_delivered == report.escalation_emails
-                          and report.emails_duplicated
-                          <= (report.crashes + 2 * 2) * report.connections)
+                    ok = (report.ok and report.escalations == 1
+                          and report.escalation_emails_delivered == report.escalation_emails)
                 print(f"run {run + 1}: {report.line()}{'' if ok else ' (drill FAILED)'}",
                       flush=True)
                 broken += not ok

@@ -67,6 +67,10 @@ class RelayDown(TemporaryFailure):
     """The relay cannot be reached at all: every message waiting for it is deferred."""
 
 
+class Withheld(Exception):
+    """Not sent: the sender stopped before DATA (its bookkeeping lost the database)."""
+
+
 class PermanentFailure(Exception):
     """The relay said 5xx for this recipient: do not retry, and send them nothing more."""
 
@@ -215,6 +219,9 @@ class SMTPTransport:
             try:
                 await self._transaction(self._smtp, sender, rcpt, raw, before_data)
                 return
+            except Withheld:
+                await self._reset()  # MAIL and RCPT were given: the relay forgets them
+                raise
             except aiosmtplib.SMTPResponseException as exc:
                 await self._reset()
                 stage = ("RCPT" if isinstance(exc, aiosmtplib.SMTPRecipientRefused) else
@@ -359,9 +366,13 @@ def _alive(pid: int) -> bool:
 
 
 async def _settle(job: concurrent.futures.Future[Any] | None) -> None:
-    """Wait for a background job (usually already done: then without a loop round-trip)."""
+    """Wait for a `sent` mark (usually already done: then without a loop round-trip).
+
+    Its failure is not raised here: Outbox._marked has logged it when it happened.
+    """
     if job is not None and not job.done():
-        await asyncio.wrap_future(job)
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(job)
 
 
 _Job = tuple["concurrent.futures.Future[Any]", Callable[..., Any], tuple[Any, ...]]
@@ -414,18 +425,26 @@ class _Lane:
         try:
             while (item := self._jobs.get()) is not None:
                 done, job, args = item
-                try:
-                    conn = conn or self._connect()
-                    done.set_result(job(conn, *args))
-                except BaseException as exc:  # handed to whoever waits for the job
-                    done.set_exception(exc)
-                    if conn is not None and (getattr(conn, "broken", False)
-                                             or getattr(conn, "closed", False)):
+                for attempt in (1, 2):
+                    try:
+                        conn = conn or self._connect()
+                        done.set_result(job(conn, *args))
+                        break
+                    except BaseException as exc:  # handed to whoever waits for the job
+                        if not (conn is not None and (getattr(conn, "broken", False)
+                                                      or getattr(conn, "closed", False))):
+                            done.set_exception(exc)
+                            break
                         # The PostgreSQL server dropped it (broken, or closed once its
-                        # termination notice was read): connect again at the next job.
+                        # termination notice was read), maybe long ago while this lane was
+                        # idle: once more on a new connection. Every lane job may run twice
+                        # (a mark is idempotent; a claim or release made on a dropped
+                        # connection belongs to a backend that is gone, so it is void).
                         with contextlib.suppress(Exception):
                             conn.close()
                         conn = None
+                        if attempt == 2:
+                            done.set_exception(exc)
         finally:
             if conn is not None:
                 conn.close()
@@ -666,18 +685,33 @@ class Outbox:
                 "AND id IN (SELECT value FROM json_each(?))",
                 (os.getpid(), json.dumps([m.id for m in messages])))
 
+    def _mark(self, msg: Claimed, at: str) -> concurrent.futures.Future[None]:
+        """Record one delivery on the mark lane; a failure is logged by _marked."""
+        job = self._marks.submit(self._mark_sent, msg, at)
+        job.add_done_callback(functools.partial(self._marked, msg))
+        return job
+
     def _mark_sent(self, conn: sqlite3.Connection, msg: Claimed, at: str) -> None:
-        """Record one delivery (on the mark lane); a failure is logged, never raised."""
-        try:
-            with self._writing:
-                p = self.db.param
-                conn.execute(
-                    f"UPDATE outmessage SET status = 'sent', sent_at = {p}, claimed_until = NULL, "
-                    f"attempts = attempts + 1 WHERE id = {p}", (at, msg.id))
-        except Exception:
-            # It went out; unmarked, it will be sent again once its lease ends.
-            log.exception("could not mark the email to %s as sent", msg.recipient)
-            self._lost = self._postgres
+        with self._writing:
+            p = self.db.param
+            conn.execute(
+                f"UPDATE outmessage SET status = 'sent', sent_at = {p}, claimed_until = NULL, "
+                f"attempts = attempts + 1 WHERE id = {p}", (at, msg.id))
+
+    def _marked(self, msg: Claimed, job: concurrent.futures.Future[None]) -> None:
+        if (exc := job.exception()) is not None:
+            # It went out; unmarked, it will be sent again once its claim is void.
+            log.error("could not mark the email to %s as sent", msg.recipient, exc_info=exc)
+            # On PostgreSQL the server may have dropped our connections, and with them our
+            # claims, which another instance may take now: this batch stops.
+            self._lost = self._lost or self._postgres
+
+    async def _before_data(self, marking: concurrent.futures.Future[None] | None) -> None:
+        """The previous message's mark is committed; if it was lost, this one is withheld."""
+        await _settle(marking)
+        if self._lost:
+            # Sending it anyway would make a second email that may go out twice.
+            raise Withheld("the outbox lost its database connection")
 
     async def deliver(self, transport: Transport, now: datetime, concurrency: int = 1,
                       transports: Sequence[Transport] = (),
@@ -698,31 +732,61 @@ class Outbox:
         # A small first batch, so that the first email goes out at once; the next batch is
         # claimed while it does.
         batch = await asyncio.wrap_future(self._claim_ahead(claimed_at, PREFETCH_AT))
-        while batch and not stop():
-            # Stop a little before the lease ends: past it, another sender may take the rest.
-            lease_end = claimed_at + LEASE - timedelta(seconds=30)
-            queue = deque(batch)
-            send = functools.partial(self._worker, queue=queue, clock=clock,
-                                     lease_end=lease_end, stop=stop, report=report)
-            await asyncio.gather(*(send(t, keep=PREFETCH_AT) for t in workers))
-            nxt: concurrent.futures.Future[list[Claimed]] | None = None
-            if len(queue) <= PREFETCH_AT and not stop():
-                next_at = clock()
-                nxt = self._claim_ahead(next_at, BATCH)
-            await asyncio.gather(*(send(t, keep=0) for t in workers))
-            if queue or stop() or nxt is None:
-                # Stopped early: what is left of this batch stays claimed until its lease
-                # ends (then it is re-sent); a batch claimed ahead was never started.
-                if nxt is not None and (ahead := await asyncio.wrap_future(nxt)):
-                    await asyncio.wrap_future(self._claims.submit(self._release, ahead))
-                break
-            batch, claimed_at = await asyncio.wrap_future(nxt), next_at
-            if not batch:
-                # Claimed ahead, it could not take what was queued behind this batch's
-                # messages (one per recipient at a time): look again now they are sent.
-                claimed_at = clock()
-                batch = await asyncio.wrap_future(self._claim_ahead(claimed_at, BATCH))
+        queue: deque[Claimed] = deque()
+        nxt: concurrent.futures.Future[list[Claimed]] | None = None
+        try:
+            while batch and not stop():
+                # Stop a little before the lease ends: past it, another sender may take the
+                # rest.
+                lease_end = claimed_at + LEASE - timedelta(seconds=30)
+                queue = deque(batch)
+                send = functools.partial(self._worker, queue=queue, clock=clock,
+                                         lease_end=lease_end, stop=stop, report=report)
+                await self._all(send, workers, keep=PREFETCH_AT)
+                nxt = None
+                if len(queue) <= PREFETCH_AT and not stop() and not self._lost:
+                    next_at = clock()
+                    nxt = self._claim_ahead(next_at, BATCH)
+                await self._all(send, workers, keep=0)
+                if queue or stop() or nxt is None or self._lost:
+                    break
+                batch, claimed_at, nxt = await asyncio.wrap_future(nxt), next_at, None
+                if not batch:
+                    # Claimed ahead, it could not take what was queued behind this batch's
+                    # messages (one per recipient at a time): look again now they are sent.
+                    claimed_at = clock()
+                    batch = await asyncio.wrap_future(self._claim_ahead(claimed_at, BATCH))
+        finally:
+            # Stopped early (time, SIGTERM, a lost connection): what no worker took from this
+            # batch, and a batch claimed ahead, were never handed to a relay. They are given
+            # back now, not left claimed until the lease ends (the emails queued behind
+            # them, to the same people, would wait as long).
+            await self._give_back(list(queue), nxt)
         return report
+
+    async def _all(self, send: Callable[..., Awaitable[None]], workers: Sequence[Transport],
+                   keep: int) -> None:
+        """Run one worker per transport; if one fails, the others stop after their message.
+
+        Every worker has ended when this returns or raises: none is left sending from a
+        batch its caller gives back.
+        """
+        results = await asyncio.gather(*(send(t, keep=keep) for t in workers),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _give_back(self, unsent: list[Claimed],
+                         ahead: concurrent.futures.Future[list[Claimed]] | None) -> None:
+        """Release claimed messages no worker started; a failure leaves them to their lease."""
+        try:
+            if ahead is not None:
+                unsent = unsent + await asyncio.wrap_future(ahead)
+            if unsent:
+                await asyncio.wrap_future(self._claims.submit(self._release, unsent))
+        except Exception as exc:  # the database is gone: the claims are void with it
+            log.warning("could not give back %d claimed email(s): %s", len(unsent), exc)
 
     async def _worker(self, transport: Transport, *, queue: deque[Claimed], keep: int,
                       clock: Callable[[], datetime], lease_end: datetime,
@@ -735,7 +799,7 @@ class Outbox:
             while len(queue) > keep:
                 now = clock()
                 if now >= lease_end or stop() or self._lost:
-                    return  # what is left stays claimed until the lease ends, then is re-sent
+                    return  # deliver gives back what is left
                 if self.urgent:
                     # The lead's reminder was queued during this drain: it goes next, not
                     # after the hundreds of messages already claimed.
@@ -751,14 +815,21 @@ class Outbox:
                     continue
                 try:
                     await transport.send(msg.envelope_from, msg.recipient, msg.raw,
-                                         before_data=functools.partial(_settle, marking))
+                                         before_data=functools.partial(self._before_data,
+                                                                       marking))
+                except Withheld:
+                    queue.appendleft(msg)  # not sent: given back with the rest
+                    return
                 except Exception as exc:
                     await _settle(marking)  # bookkeeping in order, one writer at a time
                     self._failure(msg, exc, now, queue, report)
                 else:
                     await _settle(marking)  # a transport that ignored before_data
-                    marking = self._marks.submit(self._mark_sent, msg, _sql_time(now))
+                    marking = self._mark(msg, _sql_time(now))
                     report.sent += 1
+        except BaseException:
+            self._lost = True  # the other workers stop too: their batch is given back
+            raise
         finally:
             await _settle(marking)
 

@@ -202,13 +202,16 @@ class CrashReport:
     escalation_emails: int = 0  # the emails they queued
     escalation_emails_delivered: int = 0  # of those, how many reached the relay (at least once)
     crashes: int = 0
-    connections: int = 1  # the daemon's [outbound] concurrency
+    outages: int = 0  # database restarts (PostgreSQL): every daemon's connections cut at once
+    daemons: int = 1
+    connections: int = 1  # each daemon's [outbound] concurrency
     temporary: int = 0  # 4xx answers to replies (the sender retried them)
 
     @property
     def duplicate_bound(self) -> int:
-        """At most one duplicate per connection per crash (its email in flight)."""
-        return self.crashes * self.connections
+        """At most one duplicate per connection per crash (its email in flight), and per
+        database restart one per connection of every daemon (the email whose mark was lost)."""
+        return (self.crashes + self.outages * self.daemons) * self.connections
 
     @property
     def ok(self) -> bool:
@@ -222,7 +225,8 @@ class CrashReport:
                 f"{self.replies_found} | emails queued {self.emails_queued} delivered "
                 f"{self.emails_delivered} duplicated {self.emails_duplicated} missing "
                 f"{self.emails_missing} | crashes {self.crashes} x {self.connections} "
-                f"connection(s) 4xx {self.temporary} | escalations {self.escalations} | "
+                f"connection(s){f' restarts {self.outages}' if self.outages else ''} "
+                f"4xx {self.temporary} | escalations {self.escalations} | "
                 f"{'OK' if self.ok else 'BROKEN'}")
 
 
@@ -315,7 +319,7 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
         Due.update(due_at=now).where(Due.id == first.id).execute()
     app.close()
 
-    report = CrashReport(connections=cfg.outbound.concurrency)
+    report = CrashReport(connections=cfg.outbound.concurrency, daemons=daemons)
     acked: set[str] = set()
     lock = threading.Lock()
     state: dict[str, Any] = {"daemons": [_Daemon(config) for _ in range(daemons)],
@@ -354,6 +358,7 @@ def run_crash_scenario(folder: Path, config: Path, sink: Sink, *, senders: int =
         time.sleep(rng.uniform(0.3, 1.2))
         if crash == 0 and outage is not None:
             outage()  # while the senders keep sending
+            report.outages += 1
         victim = rng.randrange(daemons)
         state["daemons"][victim].kill()
         report.crashes += 1

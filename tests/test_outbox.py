@@ -328,3 +328,83 @@ def test_smtp_transport_sends_the_bytes_it_is_given(sink: Sink, raw: bytes,
 def backend(request: pytest.FixtureRequest) -> str:
     """Every test here runs on both databases."""
     return str(request.param)
+
+
+# PostgreSQL: what the outbox does when the database lets it down in the middle of a batch.
+
+def _refuse_updates(app: Mailflow, when: str) -> None:
+    """A trigger that makes the server refuse the outbox updates matching `when`."""
+    app.db.execute_sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$")
+    app.db.execute_sql("CREATE TRIGGER refuse BEFORE UPDATE ON outmessage FOR EACH ROW "
+                       f"WHEN ({when}) EXECUTE FUNCTION refuse()")
+
+
+# PostgreSQL only (a trigger makes the failure; SQLite has no other sender).
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_lost_mark_withholds_the_next_data_and_gives_the_rest_back(
+        app: Mailflow, backend: str, small_batches: None) -> None:
+    declare(app, impacted=MANY)
+    ids = [m.id for m in OutMessage.select().order_by(OutMessage.id)]
+    third = OutMessage.get_by_id(ids[2]).recipient
+    _refuse_updates(app, f"NEW.status = 'sent' AND NEW.recipient = '{third}'")
+    recorder = Recorder()
+    report = asyncio.run(app.outbox.deliver(recorder, T0))
+    # The third went out and its mark failed: the fourth, already past its envelope, is not
+    # given its DATA (it could go out twice as well), and the batch stops.
+    assert recorder.sent == [OutMessage.get_by_id(i).recipient for i in ids[:3]]
+    assert report.sent == 3
+    statuses = Counter(m.status for m in OutMessage.select())
+    # Only the unmarked one stays claimed; the rest of its batch and the batch claimed
+    # ahead are given back at once, not left behind a five-minute lease.
+    assert statuses == {"sent": 2, "sending": 1, "queued": 9}
+    assert OutMessage.get_by_id(ids[2]).status == "sending"
+
+
+# PostgreSQL only (a trigger makes the failure; SQLite has no other sender).
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_worker_failing_stops_the_other_before_its_batch_is_given_back(
+        app: Mailflow, backend: str, small_batches: None) -> None:
+    class Refusing(Recorder):
+        async def send(self, envelope_from: str, recipient: str, raw: bytes, *,
+                       before_data: Callable[[], Awaitable[None]] | None = None) -> None:
+            if recipient == refused:
+                raise outbox.TemporaryFailure("421 try later")
+            await super().send(envelope_from, recipient, raw, before_data=before_data)
+
+    declare(app, impacted=MANY)
+    ids = [m.id for m in OutMessage.select().order_by(OutMessage.id)]
+    refused = OutMessage.get_by_id(ids[1]).recipient
+    # Recording the retry fails: the exception leaves that worker.
+    _refuse_updates(app, f"NEW.status = 'queued' AND NEW.recipient = '{refused}'")
+    first, second = Refusing(), Refusing()
+
+    async def run() -> list[str]:
+        with pytest.raises(Exception, match="refused by the test"):
+            await app.outbox.deliver(first, T0, 2, [second])
+        after = [*first.sent, *second.sent]
+        for _ in range(20):  # a worker left running would go on sending meanwhile
+            await asyncio.sleep(0)
+        assert [*first.sent, *second.sent] == after
+        return after
+
+    sent = asyncio.run(run())
+    assert len(sent) <= 3, "the other worker stopped after the message it had in hand"
+    statuses = Counter(m.status for m in OutMessage.select())
+    assert statuses["sending"] == 1, "only the message whose retry was not recorded"
+    assert statuses["sent"] == len(sent) and statuses["queued"] == 12 - 1 - len(sent)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite connections are not dropped
+def test_lanes_replace_connections_the_server_dropped_while_idle(
+        app: Mailflow, backend: str, small_batches: None) -> None:
+    declare(app, impacted=MANY)
+    recorder = Recorder()
+    asyncio.run(app.outbox.deliver(recorder, T0, should_stop=lambda: len(recorder.sent) >= 2))
+    # As in a database restart between two drains: the lanes' connections are cut.
+    cut = app.db.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert len(cut.fetchall()) == 2, "the claim lane's and the mark lane's"
+    report = asyncio.run(app.outbox.deliver(recorder, T0))
+    assert report.sent == 10 and len(recorder.sent) == 12 == len(set(recorder.sent))
+    assert Counter(m.status for m in OutMessage.select()) == {"sent": 12}
