@@ -137,15 +137,15 @@ def test_two_daemons_kill_9_and_a_database_restart_lose_nothing(
         postgres_server.start()
 
     config = write_config(tmp_path, sink.port, database=pg_url)
-    report = run_crash_scenario(tmp_path, config, sink, senders=4, replies_each=30,
-                                recipients=200, crashes=3, seed=7, daemons=2,
+    report = run_crash_scenario(tmp_path, config, sink, senders=4, replies_each=100,
+                                recipients=500, crashes=3, seed=7, daemons=2,
                                 outage=restart, escalation_due=True)
     print(report.line())
     assert report.crashes == 3
     assert report.replies_acked == report.replies_sent, "replies in the gap were retried"
     assert report.acked_missing == [], "no 250 without a commit"
     assert report.posted_twice == []
-    assert report.emails_missing == 0 and report.emails_queued > 200
+    assert report.emails_missing == 0 and report.emails_queued > 500
     assert report.temporary > 0, "the restart happened while replies arrived"
     # The 4 h escalation fell due as the daemons started, amid the kills: it happened once,
     # whichever daemon held the scheduler, and its emails (management and the lead) went out.
