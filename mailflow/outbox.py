@@ -431,20 +431,20 @@ class _Lane:
                         done.set_result(job(conn, *args))
                         break
                     except BaseException as exc:  # handed to whoever waits for the job
-                        if not (conn is not None and (getattr(conn, "broken", False)
-                                                      or getattr(conn, "closed", False))):
-                            done.set_exception(exc)
-                            break
                         # The PostgreSQL server dropped it (broken, or closed once its
                         # termination notice was read), maybe long ago while this lane was
                         # idle: once more on a new connection. Every lane job may run twice
                         # (a mark is idempotent; a claim or release made on a dropped
                         # connection belongs to a backend that is gone, so it is void).
-                        with contextlib.suppress(Exception):
-                            conn.close()
-                        conn = None
-                        if attempt == 2:
+                        dropped = conn is not None and (getattr(conn, "broken", False)
+                                                        or getattr(conn, "closed", False))
+                        if dropped and conn is not None:
+                            with contextlib.suppress(Exception):
+                                conn.close()
+                            conn = None
+                        if not dropped or attempt == 2:
                             done.set_exception(exc)
+                            break
         finally:
             if conn is not None:
                 conn.close()
@@ -702,9 +702,10 @@ class Outbox:
         if (exc := job.exception()) is not None:
             # It went out; unmarked, it will be sent again once its claim is void.
             log.error("could not mark the email to %s as sent", msg.recipient, exc_info=exc)
-            # On PostgreSQL the server may have dropped our connections, and with them our
-            # claims, which another instance may take now: this batch stops.
-            self._lost = self._lost or self._postgres
+            if self._postgres:
+                # The server may have dropped our connections, and with them our claims,
+                # which another instance may take now: this batch stops.
+                self._lost = True
 
     async def _before_data(self, marking: concurrent.futures.Future[None] | None) -> None:
         """The previous message's mark is committed; if it was lost, this one is withheld."""
