@@ -44,6 +44,9 @@ class Backlog:
                  parse: Callable[[Accepted], Any], on_queued: Callable[[], Any] | None = None
                  ) -> None:
         self.db = db
+        meta, p = Accepted._meta, db.param
+        self._insert = (f"INSERT INTO {meta.table_name} (incident_id, received_at, mail_from, "
+                        f"{Accepted.content.column_name}) VALUES ({p}, {p}, {p}, {p})")
         self.group = group  # the handler's GroupCommit: applying shares its COMMITs
         self._apply, self._parse, self.on_queued = apply, parse, on_queued
         self._cond = threading.Condition()
@@ -68,8 +71,10 @@ class Backlog:
     def store(self, incident_id: int, received_at: datetime, mail_from: str,
               raw: bytes) -> None:
         """Inside the caller's write transaction: keep the reply to apply it later."""
-        Accepted.insert(incident_id=incident_id, received_at=received_at, mail_from=mail_from,
-                        content=raw).execute()
+        # A fixed SQL text: peewee building this INSERT cost a fifth of a reply's accept.
+        self.db.execute_sql(self._insert, (incident_id,
+                                           Accepted.received_at.db_value(received_at),
+                                           mail_from, Accepted.content.db_value(raw)))
 
     def stored(self) -> None:
         """After the COMMIT that stored a reply: count it and wake the applier."""

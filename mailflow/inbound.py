@@ -197,6 +197,13 @@ class InboundHandler:
     """Turns replies to `local+TOKEN@domain` into updates; knows nothing of sockets."""
 
     WORKERS = 4  # SQLite has one writer; more threads would only wait for its lock
+    VALID_TOKENS = 4096  # signed tokens remembered as valid (their HMAC is not redone)
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's SMTP.__init__ looks for handle_* and auth_* hooks with dir() and
+        # inspect.getmembers() on every new connection, reading each attribute (the
+        # `limits` property included): a tenth of a reply's CPU under load.
+        return _names(type(self), "handle_")
 
     def __init__(self, app: Mailflow, now: Callable[[], datetime] = clock.now,
                  on_posted: Callable[[], Any] | None = None, apply_after: bool = False) -> None:
@@ -209,6 +216,9 @@ class InboundHandler:
         self.executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="mailflow-inbound")
         self._known: set[int | str] = set()  # incident ids seen to exist (see `_exists`)
         self._refs: dict[int, str] = {}  # incidents past their draft (never one again): ref
+        # (token, secrets) -> incident id, for valid tokens only: a reply's RCPT and DATA
+        # check the same token, and a stranger's random tokens cannot fill it.
+        self._valid: dict[tuple[str, tuple[str, ...]], int] = {}
         self.group = GroupCommit(app.db)
         # apply_after (the daemon): replies whose answer is certain are answered 250 once
         # stored, and applied after it (accepted.py). Without it every reply is applied
@@ -276,7 +286,15 @@ class InboundHandler:
         local, token, domain = split_address(address)
         if local != cfg.reply_local.lower() or domain != cfg.reply_domain.lower() or not token:
             return None
-        return verify(token, cfg.secrets(self.now()))
+        key = (token, cfg.secrets(self.now()))  # a rotated-out secret is a new key
+        incident_id = self._valid.get(key)
+        if incident_id is None:
+            incident_id = verify(token, key[1])
+            if incident_id is not None:
+                if len(self._valid) >= self.VALID_TOKENS:
+                    self._valid.clear()
+                self._valid[key] = incident_id
+        return incident_id
 
     def incident_for(self, address: str) -> Incident | None:
         """The open-or-not incident a recipient address names, if its token is valid."""
@@ -530,14 +548,14 @@ class _Busy(asyncio.Protocol):
         transport.close()
 
 
-_COMMAND_NAMES: dict[type, list[str]] = {}
+_NAMES: dict[tuple[type, tuple[str, ...]], list[str]] = {}
 
 
-def _command_names(cls: type) -> list[str]:
-    """The smtp_* and auth_* attribute names of a protocol class."""
-    names = _COMMAND_NAMES.get(cls)
+def _names(cls: type, *prefixes: str) -> list[str]:
+    """A class's attribute names that start with one of `prefixes` (once per class)."""
+    names = _NAMES.get((cls, prefixes))
     if names is None:
-        names = _COMMAND_NAMES[cls] = [n for n in dir(cls) if n.startswith(("smtp_", "auth_"))]
+        names = _NAMES[cls, prefixes] = [n for n in dir(cls) if n.startswith(prefixes)]
     return names
 
 
@@ -572,7 +590,7 @@ class _Protocol(SMTP):
     """
 
     def __dir__(self) -> list[str]:
-        return _command_names(type(self))
+        return _names(type(self), "smtp_", "auth_")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         return _smtp_address(arg, self.local_part_limit)

@@ -676,3 +676,48 @@ def test_quoted_words_never_leak(own: str, quoted: str) -> None:
     reply = parse_reply(raw)
     assert not _words(reply.text) & only_quoted
     assert not _words(" ".join(c.value for c in reply.commands)) & only_quoted
+
+
+# ---------------------------------------------------------------- the From at DATA
+
+def _from_by_full_parse(raw: bytes) -> str:
+    """The From address as read from the whole header block (what header_sender did first)."""
+    from email.parser import BytesParser
+
+    from mailflow.replies.headers import _header, _parse_from
+    return _parse_from(_header(BytesParser(policy=compat32).parsebytes(
+        raw, headersonly=True), "from"))[1]
+
+
+def test_header_sender_reads_the_fixtures_as_the_full_header_parse() -> None:
+    from mailflow.replies import header_sender
+    checked = 0
+    for path in sorted(FIXTURES.rglob("*")):
+        if path.is_file():
+            raw = path.read_bytes()
+            assert header_sender(raw) == _from_by_full_parse(raw), path.name
+            checked += bool(header_sender(raw))
+    assert checked >= 20  # most fixtures have a From
+
+
+_HEADER_LINES = st.sampled_from([
+    b"From: Ana Lima <ana@example.org>", b"FROM: bob@example.org", b"from:eve@example.org",
+    b"From: =?utf-8?q?Ch=C3=B4e?= <chloe@example.org>", b"From: \"Stone, Bob\" <bob@example.org>",
+    b"From :dan@example.org", b"From dan@example.org Mon Dec  7 09:00:00 2026",
+    b"  <folded@example.org>", b"\tcontinued", b"Subject: Re: [INC-1] a", b"To: x@example.org",
+    b"X-Odd\tName: 1", b": no name", b"not a header line", b"Sender: s@example.org",
+    b"From: caf\xc3\xa9 <cafe@example.org>", b"Reply-To: r@example.org", b"",
+    b"From: Ana Lima", b"From:", b" <ana@example.org>", b"\t=?utf-8?q?Lima?= <lima@example.org>",
+])
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_HEADER_LINES, max_size=8), st.sampled_from([b"\r\n", b"\n", b"\r"]),
+       st.booleans())
+def test_header_sender_reads_any_header_block_as_the_full_parse(
+        lines: list[bytes], end: bytes, body: bool) -> None:
+    # Only the From field is parsed at DATA: for every block, plain or not, the address must
+    # be the one the parse of the whole block gives.
+    from mailflow.replies import header_sender
+    raw = end.join(lines) + (end + end + b"From: body@example.org" + end if body else b"")
+    assert header_sender(raw) == _from_by_full_parse(raw)
