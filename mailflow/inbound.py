@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from peewee import OperationalError
@@ -598,9 +598,23 @@ class _Protocol(SMTP):
     def __init__(self, handler: InboundHandler, gate: Gate, **options: Any) -> None:
         super().__init__(handler, **options)
         self.gate = gate
+        self._held: list[bytes] = []  # the lines of a multi-line reply, sent with its last
         self._counted = True
         gate.open += 1
         gate.connections.add(self)
+
+    async def push(self, status: AnyStr) -> None:
+        # aiosmtpd writes each line of a multi-line reply (EHLO's six) by itself: a send()
+        # each, and each send gives the worker threads the GIL. The lines before the last
+        # ("250-...") are held and go out with it, in one send.
+        line = status if isinstance(status, bytes) else \
+            status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        if line[3:4] == b"-" and b"\n" not in line:
+            self._held.append(line + b"\r\n")
+            return
+        if self._held:
+            line, self._held = b"".join(self._held) + line, []
+        await super().push(line)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:

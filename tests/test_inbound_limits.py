@@ -3,6 +3,7 @@ the real server (`inbound.listen`, as the daemon runs it) on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import sqlite3
@@ -16,7 +17,7 @@ import pytest
 from mailflow import tokens
 from mailflow.app import Mailflow
 from mailflow.config import load_config
-from mailflow.inbound import count_parts
+from mailflow.inbound import InboundHandler, count_parts, make_protocol
 from mailflow.models import Entry, Incident, InMessage, OutMessage
 from mailflow.testing import Sink, write_config
 
@@ -262,3 +263,57 @@ def test_a_message_is_committed_whole_or_not_at_all(make_app) -> None:
         assert code == 250, answer
     assert Incident.select().count() == 2
     assert len(updates(incident)) == 1, "and the reply half posted once"
+
+
+class _Recorder(asyncio.Transport):
+    """A transport that keeps what the server writes, one entry per write (a send())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 40000)}.get(name, default)
+
+
+def test_a_multi_line_reply_goes_out_in_one_write(make_app) -> None:
+    # Each send() gives the worker threads the GIL: EHLO's six lines were six of them.
+    app = make_app()
+    handler = InboundHandler(app)
+
+    async def converse() -> list[bytes]:
+        proto = make_protocol(app, handler)
+        recorder = _Recorder()
+        proto.connection_made(recorder)
+        for line in (b"EHLO client.example\r\n", b"NOOP\r\n"):
+            before = len(recorder.writes)
+            proto.data_received(line)
+            for _ in range(100):  # let the session's task answer (no time passes)
+                if len(recorder.writes) > before and recorder.writes[-1][3:4] == b" ":
+                    break
+                await asyncio.sleep(0)
+        recorder.close()
+        proto.connection_lost(None)
+        return recorder.writes
+
+    try:
+        writes = asyncio.run(converse())
+    finally:
+        handler.close()
+    assert writes[0].startswith(b"220 ")
+    ehlo = writes[1]
+    lines = ehlo.split(b"\r\n")[:-1]
+    assert len(lines) >= 4 and all(line[3:4] == b"-" for line in lines[:-1])
+    assert lines[-1].startswith(b"250 ") and ehlo.endswith(b"\r\n")
+    assert b"250-8BITMIME\r\n" in ehlo and b"SIZE" in ehlo
+    assert writes[2] == b"250 OK\r\n" and len(writes) == 3
