@@ -396,15 +396,15 @@ def test_a_worker_failing_stops_the_other_before_its_batch_is_given_back(
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # SQLite connections are not dropped
-def test_lanes_replace_connections_the_server_dropped_while_idle(
+def test_the_lane_replaces_a_connection_the_server_dropped_while_idle(
         app: Mailflow, backend: str, small_batches: None) -> None:
     declare(app, impacted=MANY)
     recorder = Recorder()
     asyncio.run(app.outbox.deliver(recorder, T0, should_stop=lambda: len(recorder.sent) >= 2))
-    # As in a database restart between two drains: the lanes' connections are cut.
+    # As in a database restart between two drains: the lane's connection is cut.
     cut = app.db.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    assert len(cut.fetchall()) == 2, "the claim lane's and the mark lane's"
+    assert len(cut.fetchall()) == 1, "the outbox lane's"
     report = asyncio.run(app.outbox.deliver(recorder, T0))
     assert report.sent == 10 and len(recorder.sent) == 12 == len(set(recorder.sent))
     assert Counter(m.status for m in OutMessage.select()) == {"sent": 12}
