@@ -51,8 +51,10 @@ def settle_heap() -> None:
 
     A full collection walked all of it, about 70,000 objects, and stopped every thread
     for up to 60 ms: the slowest replies' answers under load. Frozen, they are never
-    walked again (they live as long as the process anyway).
+    walked again. Called again after a reload: what the reload replaced is thawed and
+    collected first, so it does not stay frozen for the life of the process.
     """
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
 
@@ -105,6 +107,7 @@ class Daemon:
         finally:
             self._contacts_mtime = self._mtime()
         log.info("reloaded config, contacts and templates")
+        settle_heap()  # the replaced config, contacts and templates are collected
         return True
 
     async def tick(self) -> None:

@@ -332,6 +332,9 @@ class Claimed:
     created_at: datetime
     expires_at: datetime | None
     attempts: int
+    # PostgreSQL: which of the lane's connections made the claim (the claim is void once
+    # that backend is gone).
+    connection: int = 0
 
 
 def _sql_time(value: datetime) -> str:
@@ -393,6 +396,7 @@ class _Lane:
     def __init__(self, database: str, name: str) -> None:
         self.database = database
         self.name = name
+        self.connection = 0  # how many connections the lane has opened: which one is in use
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -427,7 +431,9 @@ class _Lane:
                 done, job, args = item
                 for attempt in (1, 2):
                     try:
-                        conn = conn or self._connect()
+                        if conn is None:
+                            conn = self._connect()
+                            self.connection += 1
                         done.set_result(job(conn, *args))
                         break
                     except BaseException as exc:  # handed to whoever waits for the job
@@ -641,7 +647,8 @@ class Outbox:
             "o.attempts, o.priority", params).fetchall()
         rows.sort(key=lambda r: (-r[9], r[0]))
         return [Claimed(id, incident_id, kind, recipient, envelope_from, bytes(raw),
-                        _aware(created_at), expires_at and _aware(expires_at), attempts)
+                        _aware(created_at), expires_at and _aware(expires_at), attempts,
+                        self._lane.connection)
                 for (id, incident_id, kind, recipient, envelope_from, raw, created_at,
                      expires_at, attempts, _) in rows]
 
@@ -687,6 +694,11 @@ class Outbox:
         return job
 
     def _mark_sent(self, conn: sqlite3.Connection, msg: Claimed, at: str) -> None:
+        if self._postgres and msg.connection != self._lane.connection:
+            # The lane reconnected since this message was claimed: the server dropped the
+            # backend that held the batch's claims, and another instance may take (and
+            # send) the rest of it now. It is marked, and the batch stops as after a lost mark.
+            self._lost = True
         p = self.db.param
         conn.execute(
             f"UPDATE outmessage SET status = 'sent', sent_at = {p}, claimed_until = NULL, "

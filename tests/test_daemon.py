@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 from mailflow.testing import Sink
@@ -97,6 +98,14 @@ def test_1100_idle_connections_keep_the_log_calm(tmp_path: Path, sink: Sink) -> 
     assert len(daemon.lines) < 20, daemon.lines
 
 
+class _Holder:
+    """Something a weak reference can follow, kept alive only by a cycle."""
+
+    def __init__(self, cycle: list[object]) -> None:
+        self.cycle = cycle
+        cycle.append(self)
+
+
 def test_settle_heap_takes_what_start_up_built_out_of_the_collector() -> None:
     # A full collection walked start-up's ~70,000 objects under load (60 ms pauses: the
     # slowest replies' answers); frozen, they are not walked again.
@@ -105,12 +114,21 @@ def test_settle_heap_takes_what_start_up_built_out_of_the_collector() -> None:
     from mailflow.daemon import settle_heap
 
     built_at_start_up = [object() for _ in range(10)]
+    cycle: list[object] = []  # as the config and templates a reload later replaces hold
+    replaced = weakref.ref(_Holder(cycle))
     try:
         settle_heap()
         tracked = {id(o) for o in gc.get_objects()}
         assert gc.get_freeze_count() >= len(built_at_start_up)
-        assert id(built_at_start_up) not in tracked
+        assert id(built_at_start_up) not in tracked and id(cycle) not in tracked
         later = [object()]
         assert id(later) in {id(o) for o in gc.get_objects()}
+        # A reload drops the old objects and settles again: they are thawed and collected,
+        # not kept frozen for the life of the process.
+        del cycle
+        gc.collect()
+        assert replaced() is not None  # frozen: no collection reaches it
+        settle_heap()
+        assert replaced() is None
     finally:
         gc.unfreeze()

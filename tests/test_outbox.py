@@ -361,6 +361,33 @@ def test_a_lost_mark_withholds_the_next_data_and_gives_the_rest_back(
     assert OutMessage.get_by_id(ids[2]).status == "sending"
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite connections are not dropped
+def test_a_batch_stops_when_the_connection_holding_its_claims_is_dropped(
+        app: Mailflow, backend: str, small_batches: None) -> None:
+    class Cutting(Recorder):
+        async def send(self, envelope_from: str, recipient: str, raw: bytes, *,
+                       before_data: Callable[[], Awaitable[None]] | None = None) -> None:
+            await super().send(envelope_from, recipient, raw, before_data=before_data)
+            if len(self.sent) == 2:  # as in a database restart in the middle of a batch
+                app.db.execute_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+    declare(app, impacted=MANY)
+    ids = [m.id for m in OutMessage.select().order_by(OutMessage.id)]
+    cutting = Cutting()
+    report = asyncio.run(app.outbox.deliver(cutting, T0))
+    # The second one's mark succeeds on a new connection, but the batch's claims died with
+    # the old one (another instance may send the rest now): the third gets no DATA.
+    assert cutting.sent == [OutMessage.get_by_id(i).recipient for i in ids[:2]]
+    assert report.sent == 2
+    assert OutMessage.get_by_id(ids[1]).status == "sent"
+    recorder = Recorder()
+    asyncio.run(app.outbox.deliver(recorder, T0 + outbox.LEASE))
+    assert sorted(cutting.sent + recorder.sent) == sorted(m.recipient for m in OutMessage.select())
+    assert Counter(m.status for m in OutMessage.select()) == {"sent": 12}
+
+
 # PostgreSQL only (a trigger makes the failure; SQLite has no other sender).
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_worker_failing_stops_the_other_before_its_batch_is_given_back(
