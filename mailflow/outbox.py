@@ -481,8 +481,9 @@ class Outbox:
         self._lane = _Lane(db.database, "mailflow-outbox")
         self._postgres = isinstance(db, PostgresqlDatabase)
         self._claimer: int | None = None
-        # A mark failed on PostgreSQL: the server may have dropped our connections, and with
-        # them our claims, which another instance may take now. Stop sending this batch.
+        # Stop sending this batch: on PostgreSQL a mark failed or the lane reconnected (the
+        # server dropped the backend holding our claims, which another instance may take
+        # now), or a worker failed and the others must stop before the batch is given back.
         self._lost = False
         if self._postgres:
             # Several instances share the outbox: rows are claimed with SKIP LOCKED, and a

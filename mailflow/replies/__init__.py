@@ -123,20 +123,21 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _HEADER_LINE = re.compile(rb"(From |[\041-\071\073-\176]*:|[\t ])")
 
 
-def _lines(data: bytes) -> Iterator[bytes]:
-    """The lines of `data` without their ends, one at a time (a reply's body is not split)."""
+def _lines(data: bytes, stop: int) -> Iterator[bytes]:
+    """The lines of `data[:stop]` without their ends, one at a time (nothing is copied or
+    split past the line asked for: a reply's body stays as it is)."""
     start = 0
-    for end in _LINE_END.finditer(data):
+    for end in _LINE_END.finditer(data, 0, stop):
         yield data[start:end.start()]
         start = end.end()
-    yield data[start:]
+    yield data[start:stop]
 
 
 def _from_field(raw: bytes) -> bytes | None:
     """The first From field's lines of a plain header block (b"" if it has none), or None
     when the block has anything the email parser reads in a way of its own."""
     field: list[bytes] = []
-    for i, line in enumerate(_lines(raw[:MAX_RAW_BYTES])):
+    for i, line in enumerate(_lines(raw, MAX_RAW_BYTES)):
         if field and line[:1] not in (b" ", b"\t"):
             return b"\n".join(field)  # a blank line or the next field: From is complete
         if not line:
